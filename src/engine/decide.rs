@@ -1,0 +1,260 @@
+//! The failover decision: a pure function from what the probes saw, what is published and the
+//! time, to a [`Plan`]. No I/O and no clock reads happen here, so every safety property of
+//! redis-pair is a property of this file and is tested here, exhaustively and by proptest.
+//!
+//! The rules, in order:
+//! 1. The published master is authoritative while it is up: every other server that answers is
+//!    made its replica (a returning old master included) before anything can be routed to it.
+//! 2. A master that refuses connections is down at once; one that does not answer is down only
+//!    after `down_after`. A master that answers with a new run_id restarted, possibly empty; it
+//!    is treated as failed so that its replicas never full-resync from an empty dataset.
+//! 3. When the master is down, the most caught-up replica wins: highest replication offset,
+//!    then lowest `replica-priority` value, then address order. Priority 0 never wins.
+//! 4. With nothing published (start-up, or after every server was down) the existing topology
+//!    is kept: an existing master is published rather than promoting anything, and of two
+//!    masters the one with more data (keys, then offset) is kept.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use super::model::{
+    Endpoint, FailureKind, Plan, Probe, Published, Reason, RedisInfo, Role, ServerState, Waiting,
+};
+
+/// The knobs of the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a server may fail to answer before it is down.
+    pub down_after: Duration,
+}
+
+/// Decides what to do now. Deterministic: the same servers (in any order), publication, policy
+/// and time always give the same plan, so two deciders looking at the same world agree.
+pub fn decide(
+    servers: &[ServerState],
+    published: &Published,
+    policy: &Policy,
+    now: Duration,
+) -> Plan {
+    let view = View {
+        servers,
+        policy,
+        now,
+    };
+    match &published.master {
+        Some(master) => view.with_master(published, master),
+        None => view.without_master(published),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness<'a> {
+    Up(&'a RedisInfo),
+    /// Not answering, but not for long enough to be called down.
+    Failing,
+    Down,
+}
+
+struct View<'a> {
+    servers: &'a [ServerState],
+    policy: &'a Policy,
+    now: Duration,
+}
+
+impl<'a> View<'a> {
+    fn liveness(&self, server: &'a ServerState) -> Liveness<'a> {
+        match &server.probe {
+            Probe::Up(info) => Liveness::Up(info),
+            Probe::Failed {
+                kind: FailureKind::Refused,
+                ..
+            } => Liveness::Down,
+            Probe::Failed { since, .. } => {
+                if self.now.saturating_sub(*since) >= self.policy.down_after {
+                    Liveness::Down
+                } else {
+                    Liveness::Failing
+                }
+            }
+        }
+    }
+
+    fn liveness_of(&self, endpoint: &Endpoint) -> Liveness<'a> {
+        self.servers
+            .iter()
+            .find(|s| &s.endpoint == endpoint)
+            .map_or(Liveness::Down, |s| self.liveness(s))
+    }
+
+    fn up(&self) -> impl Iterator<Item = (&'a Endpoint, &'a RedisInfo)> + '_ {
+        self.servers.iter().filter_map(|s| match self.liveness(s) {
+            Liveness::Up(info) => Some((&s.endpoint, info)),
+            _ => None,
+        })
+    }
+
+    fn with_master(&self, published: &Published, master: &Endpoint) -> Plan {
+        match self.liveness_of(master) {
+            Liveness::Up(info) => {
+                let restarted = published
+                    .run_id
+                    .as_deref()
+                    .is_some_and(|known| known != info.run_id);
+                if !restarted {
+                    return Plan {
+                        // Someone demoted our master behind our back: it stays the authority.
+                        promote: (info.role == Role::Replica).then(|| master.clone()),
+                        publish: None,
+                        replicate: self.replicas_to_repoint(master),
+                        waiting: None,
+                    };
+                }
+                self.fail_over(published, master, Reason::MasterRestarted)
+                    .unwrap_or_else(|| Plan {
+                        // No replica can take over: the restarted process is all there is. It is
+                        // a new incarnation, so it gets a new epoch and its new run_id.
+                        promote: (info.role == Role::Replica).then(|| master.clone()),
+                        publish: Some((
+                            Published {
+                                epoch: published.epoch + 1,
+                                master: Some(master.clone()),
+                                run_id: Some(info.run_id.clone()),
+                            },
+                            Reason::MasterRestarted,
+                        )),
+                        replicate: self.replicas_to_repoint(master),
+                        waiting: None,
+                    })
+            }
+            Liveness::Failing => Plan {
+                waiting: Some(Waiting::MasterFailing {
+                    master: master.clone(),
+                }),
+                ..Plan::default()
+            },
+            Liveness::Down => self
+                .fail_over(published, master, Reason::MasterDown)
+                .unwrap_or_else(|| Plan {
+                    publish: Some((
+                        Published {
+                            epoch: published.epoch + 1,
+                            master: None,
+                            run_id: None,
+                        },
+                        Reason::NoMasterReachable,
+                    )),
+                    waiting: Some(Waiting::NoCandidate),
+                    ..Plan::default()
+                }),
+        }
+    }
+
+    fn without_master(&self, published: &Published) -> Plan {
+        if self
+            .servers
+            .iter()
+            .any(|s| self.liveness(s) == Liveness::Failing)
+        {
+            // A server that is not answering yet may be the master with the most data; giving
+            // it `down_after` costs seconds, choosing wrong costs data.
+            return Plan {
+                waiting: Some(Waiting::ServersFailing),
+                ..Plan::default()
+            };
+        }
+        let existing_master = self
+            .up()
+            .filter(|(_, info)| info.role == Role::Master)
+            .max_by(|a, b| more_data(a, b));
+        let Some((chosen, info)) = existing_master.or_else(|| self.best_candidate(None)) else {
+            let nothing_up = self.up().next().is_none();
+            return Plan {
+                waiting: Some(if nothing_up {
+                    Waiting::NothingUp
+                } else {
+                    Waiting::NoCandidate
+                }),
+                ..Plan::default()
+            };
+        };
+        let reason = if published.epoch == 0 {
+            Reason::Initial
+        } else {
+            Reason::Recovered
+        };
+        Plan {
+            promote: (info.role == Role::Replica).then(|| chosen.clone()),
+            publish: Some((
+                Published {
+                    epoch: published.epoch + 1,
+                    master: Some(chosen.clone()),
+                    run_id: Some(info.run_id.clone()),
+                },
+                reason,
+            )),
+            replicate: self.replicas_to_repoint(chosen),
+            waiting: None,
+        }
+    }
+
+    /// Promotes the best replica in place of `old`, or `None` when no replica may be promoted.
+    fn fail_over(&self, published: &Published, old: &Endpoint, reason: Reason) -> Option<Plan> {
+        let (chosen, info) = self.best_candidate(Some(old))?;
+        Some(Plan {
+            promote: Some(chosen.clone()),
+            publish: Some((
+                Published {
+                    epoch: published.epoch + 1,
+                    master: Some(chosen.clone()),
+                    run_id: Some(info.run_id.clone()),
+                },
+                reason,
+            )),
+            replicate: self.replicas_to_repoint(chosen),
+            waiting: None,
+        })
+    }
+
+    /// The most caught-up promotable replica, excluding `except`.
+    fn best_candidate(&self, except: Option<&Endpoint>) -> Option<(&'a Endpoint, &'a RedisInfo)> {
+        self.up()
+            .filter(|(endpoint, info)| {
+                Some(*endpoint) != except && info.role == Role::Replica && info.priority > 0
+            })
+            .max_by(|a, b| more_caught_up(a, b))
+    }
+
+    /// Every answering server other than `master` that is not already its replica.
+    fn replicas_to_repoint(&self, master: &Endpoint) -> Vec<(Endpoint, Endpoint)> {
+        let mut repoint: Vec<_> = self
+            .up()
+            .filter(|(endpoint, info)| {
+                *endpoint != master
+                    && !(info.role == Role::Replica && info.master.as_ref() == Some(master))
+            })
+            .map(|(endpoint, _)| (endpoint.clone(), master.clone()))
+            .collect();
+        repoint.sort();
+        repoint
+    }
+}
+
+/// `Greater` when `a` is the better promotion candidate: higher offset, then lower priority
+/// value (Redis's convention), then the lower address.
+pub fn more_caught_up(a: &(&Endpoint, &RedisInfo), b: &(&Endpoint, &RedisInfo)) -> Ordering {
+    a.1.offset
+        .cmp(&b.1.offset)
+        .then(b.1.priority.cmp(&a.1.priority))
+        .then(b.0.cmp(a.0))
+}
+
+/// `Greater` when master `a` holds more data than master `b`: keys, then offset, then address.
+fn more_data(a: &(&Endpoint, &RedisInfo), b: &(&Endpoint, &RedisInfo)) -> Ordering {
+    a.1.keys
+        .cmp(&b.1.keys)
+        .then(a.1.offset.cmp(&b.1.offset))
+        .then(b.0.cmp(a.0))
+}
+
+#[cfg(test)]
+mod tests;

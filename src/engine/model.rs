@@ -1,0 +1,256 @@
+//! The vocabulary of the failover engine: who the servers are, what a probe saw, what is
+//! published, and the plan the decision produces. Plain data, no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A Redis server's address as the user named it: `host:port` (`[v6]:port` for IPv6).
+///
+/// Ordered by host then port; that order is the final, stable tie-break of every decision, so
+/// two deciders given the same servers in a different order reach the same plan.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("'{input}' is not HOST:PORT ({why})")]
+pub struct EndpointParseError {
+    input: String,
+    why: &'static str,
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointParseError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let fail = |why| EndpointParseError {
+            input: input.to_owned(),
+            why,
+        };
+        let (host, port) = input.rsplit_once(':').ok_or(fail("missing ':PORT'"))?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').ok_or(fail("unclosed '['"))?,
+            None if host.contains(':') => return Err(fail("an IPv6 host needs [brackets]")),
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(fail("empty host"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| fail("port is not a number 1-65535"))?;
+        if port == 0 {
+            return Err(fail("port 0 is not a server port"));
+        }
+        Ok(Endpoint::new(host, port))
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = EndpointParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(value: Endpoint) -> Self {
+        value.to_string()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Replica,
+}
+
+/// What one successful probe read from a server (INFO server/replication/keyspace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisInfo {
+    pub role: Role,
+    /// Changes whenever the process restarts: how a restart is told from a slow server.
+    pub run_id: String,
+    /// For a replica: the group member it replicates from, if it is one of ours.
+    pub master: Option<Endpoint>,
+    /// For a replica: `master_link_status:up`.
+    pub link_up: bool,
+    /// `master_repl_offset` on a master, `slave_repl_offset` on a replica.
+    pub offset: u64,
+    /// `replica-priority`; 0 means "never promote this server".
+    pub priority: u32,
+    /// Keys over all databases: "how much data" when two masters must be reconciled.
+    pub keys: u64,
+}
+
+/// How a probe failed. The distinction drives how fast a master is declared down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Connection refused or reset: the process is gone, so the server is down at once.
+    Refused,
+    /// No answer before the probe deadline: hung (SIGSTOP, swapping) or partitioned. Down only
+    /// after `down_after`, because a slow server that comes back must not cost a failover.
+    Timeout,
+    /// The server rejected our credentials: it is there but we cannot manage it.
+    AuthFailed,
+    /// Anything else (a protocol error, LOADING, ...).
+    Error,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "refused",
+            FailureKind::Timeout => "timeout",
+            FailureKind::AuthFailed => "auth-failed",
+            FailureKind::Error => "error",
+        }
+    }
+}
+
+/// The latest probe of one server, with the memory the decision needs: when the current run
+/// of failures began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Up(RedisInfo),
+    Failed {
+        kind: FailureKind,
+        /// Engine time at which this unbroken run of failed probes began.
+        since: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerState {
+    pub endpoint: Endpoint,
+    pub probe: Probe,
+}
+
+impl ServerState {
+    pub fn info(&self) -> Option<&RedisInfo> {
+        match &self.probe {
+            Probe::Up(info) => Some(info),
+            Probe::Failed { .. } => None,
+        }
+    }
+}
+
+/// The one thing every proxy follows: which server is the master, and the fencing epoch.
+///
+/// The epoch increases by exactly one every time `master` changes (including to "none"), so a
+/// proxy that sees an epoch can tell whether it is newer than what it routes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub epoch: u64,
+    pub master: Option<Endpoint>,
+    /// The master's run_id when it was published: a different run_id later means the process
+    /// restarted, possibly empty, and must not be trusted as master (see `decide`).
+    pub run_id: Option<String>,
+}
+
+/// Why the published master changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// First publication after start-up.
+    Initial,
+    /// The master refused connections, or did not answer for `down_after`.
+    MasterDown,
+    /// The master answered with a new run_id: it restarted, maybe without its data.
+    MasterRestarted,
+    /// A planned switchover requested through the admin endpoint.
+    Switchover,
+    /// The master is down and no replica can be promoted: "no master" is published.
+    NoMasterReachable,
+    /// A master is published again after a period with none.
+    Recovered,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Initial,
+        Reason::MasterDown,
+        Reason::MasterRestarted,
+        Reason::Switchover,
+        Reason::NoMasterReachable,
+        Reason::Recovered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Initial => "initial",
+            Reason::MasterDown => "master-down",
+            Reason::MasterRestarted => "master-restarted",
+            Reason::Switchover => "switchover",
+            Reason::NoMasterReachable => "no-master-reachable",
+            Reason::Recovered => "recovered",
+        }
+    }
+}
+
+/// Why a decision changed nothing although something is wrong; logged and shown in status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The master is not answering but is not down yet.
+    MasterFailing { master: Endpoint },
+    /// The master is down and no replica may be promoted (none up, or all priority 0).
+    NoCandidate,
+    /// Nothing is published and some server is not answering yet: it may be the master.
+    ServersFailing,
+    /// Nothing is published and no server is up.
+    NothingUp,
+}
+
+/// What the engine should do now. Execution order is fixed: `promote`, then (only if that
+/// succeeded) `publish`, then `replicate`. At most one promotion and one publication per plan
+/// is a property of the type, not of the code that builds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `REPLICAOF NO ONE` on this server.
+    pub promote: Option<Endpoint>,
+    pub publish: Option<(Published, Reason)>,
+    /// `REPLICAOF master` on each `server`, as `(server, master)`, sorted by server.
+    pub replicate: Vec<(Endpoint, Endpoint)>,
+    pub waiting: Option<Waiting>,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.promote.is_none() && self.publish.is_none() && self.replicate.is_empty()
+    }
+}

@@ -1,0 +1,7 @@
+//! redis-pair: highly available Redis master/replica groups.
+//!
+//! One binary, one module per concern: [`engine`] decides and runs failovers, [`proxy`]
+//! forwards client bytes to the published master, [`local`] wires both into one process,
+//! [`admin`] serves health, status and metrics, [`metrics`] defines what is measured.
+
+pub mod engine;
