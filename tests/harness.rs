@@ -1,0 +1,65 @@
+//! Self-checks of the end-to-end fixtures in tests/support, against redis-server alone, so a
+//! failover test that fails points at redis-pair and not at the harness.
+
+pub mod support;
+
+use std::time::Duration;
+
+use support::{RedisServer, Resp, always, eventually};
+
+#[tokio::test]
+async fn replica_fixture_returns_once_the_replica_is_caught_up() {
+    let a = RedisServer::master().await;
+    a.fill("k", 100).await;
+    let b = RedisServer::replica(&a).await;
+    assert_eq!(b.dbsize().await.unwrap(), 100);
+    let r = b.replication().await.unwrap();
+    assert_eq!((r.role.as_str(), r.master, r.link_up), ("slave", Some(a.addr()), true));
+}
+
+#[tokio::test]
+async fn restart_comes_back_empty_on_the_same_port() {
+    let mut a = RedisServer::master().await;
+    a.fill("k", 10).await;
+    let port = a.port();
+    a.kill();
+    assert!(a.conn().await.is_err(), "a killed server refuses connections");
+    a.restart().await;
+    assert_eq!(a.port(), port);
+    assert_eq!(a.dbsize().await.unwrap(), 0, "no persistence: data is gone after a restart");
+}
+
+#[tokio::test]
+async fn stopped_server_answers_nothing_until_continued() {
+    let mut a = RedisServer::master().await;
+    a.stop();
+    let mut c = a.conn().await.expect("the kernel still accepts connections");
+    c.send(&["PING"]).await.unwrap();
+    assert!(c.read_within(Duration::from_millis(300)).await.is_err(), "no reply while stopped");
+    a.cont();
+    assert_eq!(c.read_within(Duration::from_secs(2)).await.unwrap(), Resp::Simple("PONG".into()));
+}
+
+#[tokio::test]
+async fn password_fixture_authenticates_its_own_connections() {
+    let a = RedisServer::builder().requirepass("pw").start().await;
+    assert_eq!(a.dbsize().await.unwrap(), 0);
+    let mut anon = support::Conn::connect(&a.addr()).await.unwrap();
+    assert!(matches!(anon.cmd(&["DBSIZE"]).await.unwrap(), Resp::Error(e) if e.starts_with("NOAUTH")));
+}
+
+#[tokio::test]
+#[should_panic(expected = "timed out")]
+async fn eventually_panics_with_the_last_observation_at_its_deadline() {
+    eventually("never", Duration::from_millis(100), async || Err::<(), _>("still false".to_string())).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "invariant broken")]
+async fn always_panics_when_the_invariant_breaks_inside_the_window() {
+    let start = std::time::Instant::now();
+    always("holds for 50ms only", Duration::from_millis(300), async || {
+        if start.elapsed() < Duration::from_millis(50) { Ok(()) } else { Err("broke".into()) }
+    })
+    .await;
+}

@@ -1,0 +1,462 @@
+//! End-to-end failover behaviour of `redis-pair local` against real redis-server processes:
+//! crashes, hangs, restarts, startup topologies, planned switchovers and what clients of the
+//! proxy see while that happens. The contract is docs/INTERFACE.md.
+
+pub mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, always, eventually};
+
+/// A master with one caught-up replica.
+async fn master_and_replica() -> (RedisServer, RedisServer) {
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    (a, b)
+}
+
+/// Waits until `server` is a replica of `master` according to redis itself (link up).
+async fn await_follows(server: &RedisServer, master: &RedisServer) {
+    let what = format!("{} to replicate from {} with its link up", server.addr(), master.addr());
+    eventually(&what, SETTLE_DEADLINE, async || {
+        let r = server.replication().await?;
+        if r.role == "slave" && r.master.as_deref() == Some(&master.addr()) && r.link_up {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until `/status` reports `server` as a replica of `master`.
+async fn await_status_replica(pair: &RedisPair, server: &RedisServer, master: &RedisServer) {
+    let what = format!("/status to show {} as a replica of {}", server.addr(), master.addr());
+    eventually(&what, SETTLE_DEADLINE, async || {
+        let s = pair.status().await?;
+        let entry = s.server(&server.addr());
+        if entry["role"] == "replica" && entry["master"].as_str() == Some(&master.addr()) {
+            Ok(())
+        } else {
+            Err(entry.to_string())
+        }
+    })
+    .await
+}
+
+fn assert_failover(status: &support::Status, from: &str, to: &str, reason: &str, epoch: u64) {
+    let lf = status.last_failover();
+    assert_eq!(lf["from"].as_str(), Some(from), "last_failover.from in {status}");
+    assert_eq!(lf["to"].as_str(), Some(to), "last_failover.to in {status}");
+    assert_eq!(lf["reason"].as_str(), Some(reason), "last_failover.reason in {status}");
+    assert_eq!(lf["epoch"].as_u64(), Some(epoch), "last_failover.epoch in {status}");
+    assert_eq!(status.epoch(), epoch, "epoch in {status}");
+}
+
+#[tokio::test]
+async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
+    let (mut a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    let before = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    let epoch = before.epoch();
+
+    a.kill();
+
+    let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+    assert_failover(&after, &a.addr(), &b.addr(), "master-down", epoch + 1);
+    assert_eq!(b.replication().await.unwrap().role, "master", "redis itself must say B is master");
+
+    let reply = pair.proxy_cmd_eventually(&["SET", "after-failover", "v1"], Duration::from_secs(3)).await;
+    assert!(reply.is_ok(), "SET through the proxy: {reply:?}");
+    assert_eq!(b.get("after-failover").await.unwrap().as_deref(), Some("v1"), "the write must be on B");
+}
+
+#[tokio::test]
+async fn master_sigstop_is_promoted_away_only_after_down_after_and_rejoins_as_replica() {
+    let down_after = Duration::from_secs(2);
+    let (mut a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).down_after(down_after).start().await;
+    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+
+    a.stop();
+    let stopped_at = Instant::now();
+
+    // A hung master is not down until down-after has passed: no failover in the first half.
+    always("A stays the published master for 0.5 × down-after", down_after / 2, async || {
+        let s = pair.status().await?;
+        if s.master() == Some(&a.addr()) && s.epoch() == epoch { Ok(()) } else { Err(s.to_string()) }
+    })
+    .await;
+
+    let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+    let promoted_after = stopped_at.elapsed();
+    // The last successful probe can precede the SIGSTOP by up to one probe interval.
+    let earliest = down_after - pair.probe_interval - Duration::from_millis(100);
+    assert!(
+        promoted_after >= earliest,
+        "B was published {promoted_after:?} after SIGSTOP; down-after is {down_after:?}"
+    );
+    assert_failover(&after, &a.addr(), &b.addr(), "master-down", epoch + 1);
+
+    a.cont();
+
+    await_follows(&a, &b).await;
+    await_status_replica(&pair, &a, &b).await;
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), Some(b.addr().as_str()), "B stays master after A wakes up: {s}");
+    assert_eq!(s.epoch(), epoch + 1, "waking A must not change the epoch again: {s}");
+}
+
+#[tokio::test]
+async fn restarted_old_master_rejoins_as_replica_and_receives_writes_made_after_failover() {
+    let (mut a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    a.kill();
+    pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+
+    let mut c = eventually("a proxy connection", Duration::from_secs(3), async || {
+        pair.proxy_conn().await.map_err(|e| e.to_string())
+    })
+    .await;
+    let cmds: Vec<Vec<String>> =
+        (0..100).map(|i| vec!["SET".into(), format!("post-failover-{i}"), i.to_string()]).collect();
+    let replies = c.pipeline(&cmds).await.expect("writes through the proxy");
+    assert!(replies.iter().all(Resp::is_ok), "writes through the proxy: {:?}", &replies[..3]);
+
+    a.restart().await;
+
+    await_follows(&a, &b).await;
+    await_status_replica(&pair, &a, &b).await;
+    eventually("A to receive the 100 keys written after the failover", SETTLE_DEADLINE, async || {
+        match a.dbsize().await? {
+            100 => Ok(()),
+            n => Err(format!("A has {n} keys")),
+        }
+    })
+    .await;
+    assert_eq!(a.get("post-failover-99").await.unwrap().as_deref(), Some("99"));
+    assert_eq!(pair.status().await.unwrap().master(), Some(b.addr().as_str()));
+}
+
+#[tokio::test]
+async fn master_restarted_empty_does_not_wipe_the_replica() {
+    const KEYS: i64 = 1000;
+    let (mut a, b) = master_and_replica().await;
+    a.fill("before-", KEYS as usize).await;
+    b.await_replicating_from(&a).await;
+    assert_eq!(b.dbsize().await.unwrap(), KEYS);
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    // Crash and come straight back, empty, on the same port: faster than down-after.
+    a.kill();
+    a.restart().await;
+
+    let s = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+    assert_eq!(s.last_failover()["to"].as_str(), Some(b.addr().as_str()), "{s}");
+    await_follows(&a, &b).await;
+    eventually("B (new master) and A (restarted) to both hold every key", SETTLE_DEADLINE, async || {
+        let (nb, na) = (b.dbsize().await?, a.dbsize().await?);
+        if nb == KEYS && na == KEYS { Ok(()) } else { Err(format!("B has {nb} keys, A has {na}")) }
+    })
+    .await;
+    assert_eq!(b.get("before-999").await.unwrap().as_deref(), Some("999"));
+    assert_eq!(a.get("before-0").await.unwrap().as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_closed_and_recovery_follows() {
+    let wait = Duration::from_secs(1);
+    let (mut a, mut b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).wait_for_master(wait).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    b.kill();
+    a.kill();
+
+    let s = pair.await_master(None, SETTLE_DEADLINE).await;
+    assert_eq!(s.reason(), Some("no-master-reachable"), "{s}");
+    assert_eq!(pair.readyz().await.unwrap(), 503, "/readyz without a master");
+
+    let started = Instant::now();
+    let mut held = pair.proxy_conn().await.expect("the proxy accepts while no master is published");
+    let closed = held.await_closed(wait + Duration::from_secs(3)).await;
+    let after = started.elapsed();
+    assert!(closed.is_ok(), "client connection was not closed: {closed:?}");
+    assert!(
+        after >= wait - Duration::from_millis(100),
+        "client was closed after {after:?}, before --wait-for-master {wait:?}"
+    );
+
+    a.restart().await;
+
+    let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    assert_eq!(s.reason(), Some("recovered"), "{s}");
+    eventually("/readyz 200 after recovery", SETTLE_DEADLINE, async || match pair.readyz().await? {
+        200 => Ok(()),
+        code => Err(format!("/readyz {code}")),
+    })
+    .await;
+    let reply = pair.proxy_cmd_eventually(&["SET", "recovered", "yes"], Duration::from_secs(3)).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(a.get("recovered").await.unwrap().as_deref(), Some("yes"));
+}
+
+#[tokio::test]
+async fn replica_with_priority_zero_is_never_promoted() {
+    let mut a = RedisServer::master().await;
+    let b = RedisServer::builder().replica_of(&a).priority(0).start().await;
+    b.await_replicating_from(&a).await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    a.kill();
+
+    // Long enough for down-after plus many probe rounds: a promotion would have happened.
+    let window = pair.down_after + pair.probe_interval * 10 + Duration::from_millis(500);
+    always("the priority-0 replica B is never published as master", window, async || {
+        let s = pair.status().await?;
+        if s.master() == Some(&b.addr()) { Err(s.to_string()) } else { Ok(()) }
+    })
+    .await;
+    let r = b.replication().await.unwrap();
+    assert_eq!(r.role, "slave", "B must still be a replica in redis itself: {r:?}");
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), None, "with A dead and B priority 0 there is no master: {s}");
+}
+
+#[tokio::test]
+async fn priority_zero_replica_is_skipped_for_a_normal_replica() {
+    let mut a = RedisServer::master().await;
+    let b = RedisServer::builder().replica_of(&a).priority(0).start().await;
+    let c = RedisServer::replica(&a).await;
+    b.await_replicating_from(&a).await;
+    let pair = RedisPair::builder().server(&a).server(&b).server(&c).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    a.kill();
+
+    let s = pair.await_master(Some(&c.addr()), SETTLE_DEADLINE).await;
+    assert_eq!(s.reason(), Some("master-down"), "{s}");
+    assert_eq!(c.replication().await.unwrap().role, "master");
+    assert_eq!(b.replication().await.unwrap().role, "slave", "B (priority 0) must stay a replica");
+}
+
+#[tokio::test]
+async fn startup_keeps_existing_topology_without_replicaof_or_resync() {
+    let (a, b) = master_and_replica().await;
+    let syncs_before = a.info("stats").await.unwrap()["sync_full"].clone();
+
+    // A is listed second on purpose: the order of --server must not decide who is master.
+    let pair = RedisPair::builder().server(&b).server(&a).start().await;
+    let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    assert_eq!(s.epoch(), 1, "first publication is epoch 1: {s}");
+
+    always("B keeps replicating from A with its link up", Duration::from_secs(1), async || {
+        let r = b.replication().await?;
+        if r.role == "slave" && r.master.as_deref() == Some(&a.addr()) && r.link_up {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
+    assert_eq!(s.epoch(), 1, "no failover may happen at startup: {s}");
+    assert_eq!(a.info("stats").await.unwrap()["sync_full"], syncs_before, "no new full resync on A");
+    for server in [&a, &b] {
+        let stats = server.info("commandstats").await.unwrap();
+        for cmd in ["cmdstat_replicaof", "cmdstat_slaveof"] {
+            assert!(!stats.contains_key(cmd), "{} received {cmd}: {:?}", server.addr(), stats.get(cmd));
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_masters_at_startup_keep_the_one_with_more_keys() {
+    let a = RedisServer::master().await;
+    let b = RedisServer::master().await;
+    a.fill("a-", 5).await;
+    b.fill("b-", 50).await;
+
+    // A is listed first, so "first listed wins" would pick the wrong one.
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+
+    pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+    await_follows(&a, &b).await;
+    await_status_replica(&pair, &a, &b).await;
+    eventually("A to hold B's 50 keys", SETTLE_DEADLINE, async || match a.dbsize().await? {
+        50 => Ok(()),
+        n => Err(format!("A has {n} keys")),
+    })
+    .await;
+    assert_eq!(a.get("b-49").await.unwrap().as_deref(), Some("49"));
+    assert_eq!(b.dbsize().await.unwrap(), 50, "B's data is kept");
+}
+
+/// Writes `SET k<i> i` through the proxy as fast as it can, reconnecting after any error, and
+/// returns the indices of the writes that were acknowledged with +OK.
+fn spawn_writer(proxy: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut conn: Option<Conn> = None;
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            if conn.is_none() {
+                conn = Conn::connect(&proxy).await.ok();
+                if conn.is_none() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            let (key, val) = (format!("k{i}"), i.to_string());
+            match c.cmd(&["SET", key.as_str(), val.as_str()]).await {
+                Ok(r) if r.is_ok() => acked.push(i),
+                Ok(_) | Err(_) => conn = None, // not acknowledged: may or may not be stored
+            }
+            i += 1;
+        }
+        acked
+    })
+}
+
+async fn await_acked(acked_from: &RedisServer, min: i64) {
+    eventually(&format!("at least {min} acknowledged writes"), SETTLE_DEADLINE, async || {
+        let n = acked_from.dbsize().await?;
+        if n >= min { Ok(()) } else { Err(format!("{n} keys")) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
+    let (a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(pair.proxy_addr().to_string(), stop.clone());
+    await_acked(&a, 200).await;
+
+    let (code, body) = pair.switchover(None).await;
+    assert_eq!(code, 200, "POST /switchover: {body}");
+    assert_eq!(body["master"].as_str(), Some(b.addr().as_str()), "{body}");
+    assert_eq!(body["epoch"].as_u64(), Some(epoch + 1), "{body}");
+
+    let keys_at_switch = b.dbsize().await.unwrap();
+    await_acked(&b, keys_at_switch + 200).await; // the writer goes on against B
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.expect("writer task");
+
+    let mut c = b.conn().await.unwrap();
+    let mut lost = Vec::new();
+    for chunk in acked.chunks(500) {
+        let mut mget = vec!["MGET".to_string()];
+        mget.extend(chunk.iter().map(|i| format!("k{i}")));
+        let reply = c.cmd(&mget).await.unwrap();
+        let values = reply.items().unwrap_or_else(|| panic!("MGET → {}", reply.brief())).to_vec();
+        for (i, v) in chunk.iter().zip(values) {
+            if v.text() != Some(i.to_string()) {
+                lost.push(*i);
+            }
+        }
+    }
+    assert!(lost.is_empty(), "{} of {} acknowledged writes missing on B, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(10)]);
+
+    let s = pair.status().await.unwrap();
+    assert_failover(&s, &a.addr(), &b.addr(), "switchover", epoch + 1);
+    await_follows(&a, &b).await;
+    await_status_replica(&pair, &a, &b).await;
+}
+
+#[tokio::test]
+async fn switchover_to_a_named_target_promotes_that_replica() {
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    let c = RedisServer::replica(&a).await;
+    let pair = RedisPair::builder().server(&a).server(&b).server(&c).start().await;
+    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+
+    let (code, body) = pair.switchover(Some(&c.addr())).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["master"].as_str(), Some(c.addr().as_str()), "{body}");
+
+    let s = pair.await_master(Some(&c.addr()), Duration::from_secs(1)).await;
+    assert_failover(&s, &a.addr(), &c.addr(), "switchover", epoch + 1);
+    assert_eq!(c.replication().await.unwrap().role, "master");
+    await_follows(&a, &c).await;
+}
+
+#[tokio::test]
+async fn switchover_to_an_unknown_target_is_refused_with_409() {
+    let (a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+
+    let (code, body) = pair.switchover(Some("127.0.0.1:1")).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "409 body needs an error: {body}");
+
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
+    assert_eq!(s.epoch(), epoch, "a refused switchover must not change the epoch: {s}");
+    assert_eq!(a.replication().await.unwrap().role, "master");
+}
+
+#[tokio::test]
+async fn failover_closes_client_connections_to_the_old_master() {
+    let (mut a, b) = master_and_replica().await;
+    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    let mut old = pair.proxy_conn().await.unwrap();
+    assert_eq!(old.cmd(&["PING"]).await.unwrap(), Resp::Simple("PONG".into()));
+
+    // SIGSTOP rather than SIGKILL: a killed master closes its sockets itself, a hung one does
+    // not, so only this proves that the proxy closes the client's connection on a failover.
+    a.stop();
+    pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
+
+    let closed = old.await_closed(Duration::from_secs(3)).await;
+    assert!(closed.is_ok(), "the connection proxied to the old master must be closed: {closed:?}");
+
+    let reply = pair.proxy_cmd_eventually(&["SET", "after-close", "1"], Duration::from_secs(3)).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(b.get("after-close").await.unwrap().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn replica_without_masterauth_gets_a_warning_in_status() {
+    let a = RedisServer::builder().requirepass("s3cret").start().await;
+    let b = RedisServer::builder().replica_of(&a).requirepass("s3cret").start().await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .env("REDISPAIR_PASSWORD", "s3cret")
+        .start()
+        .await;
+
+    eventually("a masterauth warning on B in /status", SETTLE_DEADLINE, async || {
+        let s = pair.status().await?;
+        let warnings = s.server(&b.addr())["warnings"].clone();
+        let mentions = warnings
+            .as_array()
+            .is_some_and(|w| w.iter().any(|x| x.as_str().is_some_and(|t| t.contains("masterauth"))));
+        if mentions { Ok(()) } else { Err(s.to_string()) }
+    })
+    .await;
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
+    let a_warnings = &s.server(&a.addr())["warnings"];
+    assert!(
+        a_warnings.as_array().is_some_and(|w| w.is_empty()),
+        "the master has nothing to warn about: {a_warnings}"
+    );
+}

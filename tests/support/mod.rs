@@ -1,0 +1,769 @@
+//! End-to-end harness: real `redis-server` processes, a real `redis-pair local` process, an
+//! HTTP/1.0 client for its admin endpoint and condition polling with deadlines.
+//!
+//! Every fixture owns its child process and kills it on Drop, so a failing (panicking) test
+//! leaves nothing running; on a panic the fixtures also print the tail of their logs, which is
+//! what nextest shows next to the failure.
+
+pub mod resp;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use resp::{Conn, Resp};
+
+/// Deadline for a fixture to come up (redis-server answering PING, redis-pair ready).
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+/// Generous deadline for "eventually" conditions after a failover-inducing event.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
+/// How often conditions are re-checked.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
+// ---------------------------------------------------------------------------------------------
+// Polling with deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// Re-runs `check` every ~25ms until it returns `Ok`, and returns that value. Panics after
+/// `within` with `what` and the last observed state (the last `Err`). A single check that hangs
+/// (e.g. talking to a SIGSTOPped server) is cut off at the overall deadline.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = String::from("(condition never checked)");
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(observed)) => last = observed,
+            Err(_) => last = format!("{last} (and the last check itself hung)"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "timed out after {:?} waiting for: {what}\nlast observed: {last}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Checks that `check` keeps returning `Ok` for the whole `window` (polled every ~25ms),
+/// panicking at the first `Err` with `what` and what was observed. A check that errors because
+/// it could not observe anything should return `Ok` if that is acceptable for the invariant.
+pub async fn always(
+    what: &str,
+    window: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
+    let start = Instant::now();
+    let mut checks = 0u32;
+    while start.elapsed() < window {
+        if let Err(observed) = check().await {
+            panic!(
+                "invariant broken after {:?} (check #{checks}): {what}\nobserved: {observed}",
+                start.elapsed()
+            );
+        }
+        checks += 1;
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    assert!(checks >= 2, "invariant `{what}` was checked only {checks} times in {window:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs and ports
+// ---------------------------------------------------------------------------------------------
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A per-fixture directory under cargo's integration-test temp dir. Removed on Drop unless the
+/// test is panicking, so the logs of a failure stay behind for inspection.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(label: &str) -> TestDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("e2e")
+            .join(format!("{}-{n}-{label}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create test dir");
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[harness] keeping {} for inspection", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A port that was free a moment ago. Races with other processes are possible, so every
+/// fixture retries with a new port when its process fails to bind.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// Two distinct free ports (held together while choosing so they differ).
+pub fn free_ports2() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server fixture
+// ---------------------------------------------------------------------------------------------
+
+/// Options for one redis-server.
+#[derive(Clone, Default)]
+pub struct ServerBuilder {
+    replica_of: Option<String>,
+    priority: Option<u32>,
+    requirepass: Option<String>,
+    masterauth: Option<String>,
+}
+
+impl ServerBuilder {
+    pub fn replica_of(mut self, master: &RedisServer) -> Self {
+        self.replica_of = Some(master.addr());
+        self
+    }
+    pub fn priority(mut self, p: u32) -> Self {
+        self.priority = Some(p);
+        self
+    }
+    pub fn requirepass(mut self, pw: &str) -> Self {
+        self.requirepass = Some(pw.to_string());
+        self
+    }
+    pub fn masterauth(mut self, pw: &str) -> Self {
+        self.masterauth = Some(pw.to_string());
+        self
+    }
+
+    /// Starts the server and waits until it answers PING. Does not wait for replication.
+    pub async fn start(self) -> RedisServer {
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer {
+                port,
+                dir: TestDir::new(&format!("redis-{port}")),
+                child: None,
+                stopped: false,
+                config: self.clone(),
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return server,
+                Err(log) => last_log = log, // most likely the port was taken; try another
+            }
+        }
+        panic!("redis-server did not start after 5 attempts; last log:\n{last_log}");
+    }
+}
+
+/// What `INFO replication` says about a server's role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replication {
+    /// "master" or "slave", as redis reports it.
+    pub role: String,
+    /// For a replica, "host:port" of its master.
+    pub master: Option<String>,
+    /// For a replica, master_link_status == up.
+    pub link_up: bool,
+    /// master_repl_offset.
+    pub offset: i64,
+}
+
+/// A real redis-server on 127.0.0.1, no persistence, in its own temp dir.
+pub struct RedisServer {
+    port: u16,
+    dir: TestDir,
+    child: Option<Child>,
+    stopped: bool,
+    config: ServerBuilder,
+}
+
+impl RedisServer {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// A stand-alone master.
+    pub async fn master() -> RedisServer {
+        Self::builder().start().await
+    }
+
+    /// A replica of `master`, returned once its link is up and the initial sync has finished.
+    pub async fn replica(master: &RedisServer) -> RedisServer {
+        let replica = Self::builder().replica_of(master).start().await;
+        replica.await_replicating_from(master).await;
+        replica
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// "127.0.0.1:port", the form given to `--server` and reported in /status.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let dir = self.dir.path().to_path_buf();
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(&dir)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(self.log_path())
+            // Full resyncs start at once instead of after the 5s diskless-sync delay.
+            .args(["--repl-diskless-sync-delay", "0"]);
+        if let Some(master) = &self.config.replica_of {
+            let (host, port) = master.rsplit_once(':').expect("host:port");
+            cmd.args(["--replicaof", host, port]);
+        }
+        if let Some(p) = self.config.priority {
+            cmd.args(["--replica-priority", &p.to_string()]);
+        }
+        if let Some(pw) = &self.config.requirepass {
+            cmd.args(["--requirepass", pw]);
+        }
+        if let Some(pw) = &self.config.masterauth {
+            cmd.args(["--masterauth", pw]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| format!("spawn redis-server: {e}"))?;
+        self.child = Some(child);
+        self.stopped = false;
+
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("redis-server exited with {status}:\n{}", log_tail(&self.log_path(), 20)));
+            }
+            if let Ok(mut c) = self.conn().await {
+                if matches!(c.cmd(&["PING"]).await, Ok(Resp::Simple(ref s)) if s == "PONG") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!("redis-server on {} did not answer PING in time:\n{}", self.addr(), log_tail(&self.log_path(), 20)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, reaping the process so the port is free for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stopped = false;
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn stop(&mut self) {
+        let child = self.child.as_ref().expect("stop() on a server that is not running");
+        signal(child, libc::SIGSTOP);
+        self.stopped = true;
+    }
+
+    /// SIGCONT after `stop`.
+    pub fn cont(&mut self) {
+        let child = self.child.as_ref().expect("cont() on a server that is not running");
+        signal(child, libc::SIGCONT);
+        self.stopped = false;
+    }
+
+    /// Starts the server again on the same port with the same options. Without persistence it
+    /// comes back empty, and as a master unless it was configured with `replica_of`.
+    pub async fn restart(&mut self) {
+        self.kill();
+        if let Err(log) = self.spawn_and_wait().await {
+            panic!("restart of redis-server on {} failed: {log}", self.addr());
+        }
+    }
+
+    /// A new authenticated connection straight to this server.
+    pub async fn conn(&self) -> std::io::Result<Conn> {
+        Conn::connect_auth(&self.addr(), self.config.requirepass.as_deref()).await
+    }
+
+    /// One command on a fresh connection, as a `Result<_, String>` for use in conditions.
+    pub async fn cmd(&self, args: &[&str]) -> Result<Resp, String> {
+        let mut c = self.conn().await.map_err(|e| format!("{}: {e}", self.addr()))?;
+        c.cmd(args).await.map_err(|e| format!("{} {args:?}: {e}", self.addr()))
+    }
+
+    /// `INFO <section>` parsed into field → value.
+    pub async fn info(&self, section: &str) -> Result<HashMap<String, String>, String> {
+        match self.cmd(&["INFO", section]).await? {
+            r @ (Resp::Bulk(_) | Resp::Other(_)) => Ok(parse_info(&r.text().unwrap_or_default())),
+            other => Err(format!("{}: INFO {section} → {}", self.addr(), other.brief())),
+        }
+    }
+
+    pub async fn replication(&self) -> Result<Replication, String> {
+        let info = self.info("replication").await?;
+        let role = info.get("role").cloned().ok_or_else(|| format!("{}: no role in INFO", self.addr()))?;
+        let master = match (info.get("master_host"), info.get("master_port")) {
+            (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+            _ => None,
+        };
+        Ok(Replication {
+            role,
+            master,
+            link_up: info.get("master_link_status").map(|s| s == "up").unwrap_or(false),
+            offset: info.get("master_repl_offset").and_then(|s| s.parse().ok()).unwrap_or(-1),
+        })
+    }
+
+    pub async fn dbsize(&self) -> Result<i64, String> {
+        match self.cmd(&["DBSIZE"]).await? {
+            Resp::Int(n) => Ok(n),
+            other => Err(format!("{}: DBSIZE → {}", self.addr(), other.brief())),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<String>, String> {
+        match self.cmd(&["GET", key]).await? {
+            Resp::Nil => Ok(None),
+            r @ Resp::Bulk(_) => Ok(r.text()),
+            other => Err(format!("{}: GET {key} → {}", self.addr(), other.brief())),
+        }
+    }
+
+    /// Writes `n` keys `{prefix}{i}` = `i` in one pipeline.
+    pub async fn fill(&self, prefix: &str, n: usize) {
+        let cmds: Vec<Vec<String>> =
+            (0..n).map(|i| vec!["SET".into(), format!("{prefix}{i}"), i.to_string()]).collect();
+        let mut c = self.conn().await.expect("connect for fill");
+        let replies = c.pipeline(&cmds).await.expect("fill pipeline");
+        assert!(replies.iter().all(Resp::is_ok), "fill on {} got non-OK replies", self.addr());
+    }
+
+    /// Waits until this server is a replica of `master` with its link up and the same
+    /// replication offset as the master (the initial sync and everything since has arrived).
+    pub async fn await_replicating_from(&self, master: &RedisServer) {
+        let what = format!("{} replicating from {} and caught up", self.addr(), master.addr());
+        eventually(&what, SETTLE_DEADLINE, async || {
+            let r = self.replication().await?;
+            let m = master.replication().await?;
+            if r.role == "slave" && r.master.as_deref() == Some(&master.addr()) && r.link_up && r.offset == m.offset {
+                Ok(())
+            } else {
+                Err(format!("replica {r:?}, master {m:?}"))
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            if self.stopped {
+                signal(child, libc::SIGCONT);
+            }
+        }
+        if std::thread::panicking() && self.log_path().exists() {
+            eprintln!("[harness] redis-server {} log tail:\n{}", self.addr(), log_tail(&self.log_path(), 15));
+        }
+        self.kill();
+    }
+}
+
+/// Parses `INFO` text (`field:value` lines, `#` section headers) into a map.
+pub fn parse_info(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin HTTP client
+// ---------------------------------------------------------------------------------------------
+
+/// One HTTP/1.0 request with `Connection: close`; returns (status code, body).
+pub async fn http(method: &str, addr: &str, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+        parse_http_response(&raw)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(r) => r.map_err(|e| format!("{method} http://{addr}{path}: {e}")),
+        Err(_) => Err(format!("{method} http://{addr}{path}: no response within 10s")),
+    }
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed response {text:?}"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The parsed `/status` document with accessors for the fields tests assert on.
+#[derive(Clone)]
+pub struct Status(pub Value);
+
+impl Status {
+    pub fn master(&self) -> Option<&str> {
+        self.0["master"].as_str()
+    }
+    pub fn epoch(&self) -> u64 {
+        self.0["epoch"].as_u64().unwrap_or_else(|| panic!("no numeric epoch in /status: {self}"))
+    }
+    /// The entry of `servers` whose address is `addr` (panics when absent: a contract breach).
+    pub fn server(&self, addr: &str) -> &Value {
+        self.0["servers"]
+            .as_array()
+            .and_then(|s| s.iter().find(|v| v["address"].as_str() == Some(addr)))
+            .unwrap_or_else(|| panic!("server {addr} missing from /status: {self}"))
+    }
+    pub fn last_failover(&self) -> &Value {
+        &self.0["last_failover"]
+    }
+    pub fn reason(&self) -> Option<&str> {
+        self.0["last_failover"]["reason"].as_str()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-pair fixture
+// ---------------------------------------------------------------------------------------------
+
+/// Options for one `redis-pair local` process. Defaults are short so failovers take about a
+/// second: probe every 100ms, down after 1s.
+#[derive(Clone)]
+pub struct PairBuilder {
+    servers: Vec<String>,
+    probe_interval: Duration,
+    down_after: Duration,
+    wait_for_master: Option<Duration>,
+    switchover_timeout: Option<Duration>,
+    env: Vec<(String, String)>,
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl PairBuilder {
+    pub fn server(mut self, s: &RedisServer) -> Self {
+        self.servers.push(s.addr());
+        self
+    }
+    pub fn down_after(mut self, d: Duration) -> Self {
+        self.down_after = d;
+        self
+    }
+    pub fn wait_for_master(mut self, d: Duration) -> Self {
+        self.wait_for_master = Some(d);
+        self
+    }
+    pub fn switchover_timeout(mut self, d: Duration) -> Self {
+        self.switchover_timeout = Some(d);
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn args(&self, listen: u16, admin: u16) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "local".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{listen}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--probe-interval".into(),
+            fmt_dur(self.probe_interval),
+            "--down-after".into(),
+            fmt_dur(self.down_after),
+            // Keeps Drop (SIGTERM) quick when a test leaves client connections open.
+            "--drain-timeout".into(),
+            "1s".into(),
+        ];
+        for s in &self.servers {
+            a.push("--server".into());
+            a.push(s.clone());
+        }
+        if let Some(d) = self.wait_for_master {
+            a.push("--wait-for-master".into());
+            a.push(fmt_dur(d));
+        }
+        if let Some(d) = self.switchover_timeout {
+            a.push("--switchover-timeout".into());
+            a.push(fmt_dur(d));
+        }
+        a
+    }
+
+    /// Starts redis-pair and waits until `/readyz` answers 200.
+    pub async fn start(self) -> RedisPair {
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let (listen, admin) = free_ports2();
+            let dir = TestDir::new(&format!("pair-{listen}"));
+            let log = dir.path().join("redis-pair.log");
+            let out = File::create(&log).expect("create log");
+            let err = out.try_clone().expect("clone log handle");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-pair"));
+            cmd.args(self.args(listen, admin))
+                .env_remove("REDISPAIR_USERNAME")
+                .env_remove("REDISPAIR_PASSWORD")
+                .env("RUST_LOG", "debug")
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            for (k, v) in &self.env {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().expect("spawn redis-pair");
+            let mut pair = RedisPair {
+                child: Some(child),
+                listen: format!("127.0.0.1:{listen}"),
+                admin: format!("127.0.0.1:{admin}"),
+                probe_interval: self.probe_interval,
+                down_after: self.down_after,
+                log,
+                _dir: dir,
+            };
+            match pair.await_ready().await {
+                Ok(()) => return pair,
+                Err(e) if e.contains("exited") && pair.log_text().to_lowercase().contains("in use") => {
+                    last = e; // a port race with another test: try new ports
+                }
+                Err(e) => panic!("redis-pair did not become ready: {e}\nlog:\n{}", log_tail(&pair.log, 60)),
+            }
+        }
+        panic!("redis-pair could not bind its ports after 3 attempts: {last}");
+    }
+}
+
+/// A running `redis-pair local` process.
+pub struct RedisPair {
+    child: Option<Child>,
+    listen: String,
+    admin: String,
+    pub probe_interval: Duration,
+    pub down_after: Duration,
+    log: PathBuf,
+    _dir: TestDir,
+}
+
+impl RedisPair {
+    pub fn builder() -> PairBuilder {
+        PairBuilder {
+            servers: Vec::new(),
+            probe_interval: Duration::from_millis(100),
+            down_after: Duration::from_secs(1),
+            wait_for_master: None,
+            switchover_timeout: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// The proxy's client address (`--listen`).
+    pub fn proxy_addr(&self) -> &str {
+        &self.listen
+    }
+
+    pub fn admin_addr(&self) -> &str {
+        &self.admin
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn await_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let mut last;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("redis-pair exited early with {status}"));
+            }
+            match self.readyz().await {
+                Ok(200) => return Ok(()),
+                Ok(code) => last = format!("/readyz {code}"),
+                Err(e) => last = e,
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after {STARTUP_DEADLINE:?}; last: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn readyz(&self) -> Result<u16, String> {
+        http("GET", &self.admin, "/readyz").await.map(|(code, _)| code)
+    }
+
+    pub async fn status(&self) -> Result<Status, String> {
+        let (code, body) = http("GET", &self.admin, "/status").await?;
+        if code != 200 {
+            return Err(format!("/status answered {code}: {body}"));
+        }
+        serde_json::from_str(&body).map(Status).map_err(|e| format!("/status is not JSON ({e}): {body}"))
+    }
+
+    pub async fn metrics(&self) -> Result<String, String> {
+        match http("GET", &self.admin, "/metrics").await? {
+            (200, body) => Ok(body),
+            (code, body) => Err(format!("/metrics answered {code}: {body}")),
+        }
+    }
+
+    /// `POST /switchover[?target=...]`; returns the status code and the JSON body.
+    pub async fn switchover(&self, target: Option<&str>) -> (u16, Value) {
+        let path = match target {
+            Some(t) => format!("/switchover?target={t}"),
+            None => "/switchover".to_string(),
+        };
+        let (code, body) = http("POST", &self.admin, &path).await.unwrap_or_else(|e| panic!("{e}"));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("POST {path} answered {code} with a non-JSON body ({e}): {body:?}"));
+        (code, json)
+    }
+
+    /// Waits until `/status` publishes `master` (None = no master) and returns that status.
+    pub async fn await_master(&self, master: Option<&str>, within: Duration) -> Status {
+        let what = format!("/status master == {master:?}");
+        eventually(&what, within, async || {
+            let s = self.status().await?;
+            if s.master() == master { Ok(s) } else { Err(s.to_string()) }
+        })
+        .await
+    }
+
+    /// A new client connection through the proxy.
+    pub async fn proxy_conn(&self) -> std::io::Result<Conn> {
+        Conn::connect(&self.listen).await
+    }
+
+    /// Runs one command through the proxy on a fresh connection until it gets a non-error
+    /// reply (connections may be refused or closed around a failover), and returns that reply.
+    pub async fn proxy_cmd_eventually(&self, args: &[&str], within: Duration) -> Resp {
+        let what = format!("{args:?} through the proxy to succeed");
+        eventually(&what, within, async || {
+            let mut c = self.proxy_conn().await.map_err(|e| format!("connect: {e}"))?;
+            match c.cmd(args).await {
+                Ok(Resp::Error(e)) => Err(format!("server error: {e}")),
+                Ok(r) => Ok(r),
+                Err(e) => Err(format!("io: {e}")),
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for RedisPair {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("[harness] redis-pair log tail ({}):\n{}", self.log.display(), log_tail(&self.log, 80));
+        }
+    }
+}
