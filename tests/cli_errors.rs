@@ -130,7 +130,7 @@ async fn a_single_server_exits_64() {
     let mut args = listen_args();
     args.extend(server_args(&[a.addr()]));
     let out = run_local(&args, &[]);
-    assert_config_error(&out, &["server"], &["two", "2"]);
+    assert_config_error(&out, &["server"], &["two", "2", "twice"]);
 }
 
 #[tokio::test]

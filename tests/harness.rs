@@ -63,3 +63,11 @@ async fn always_panics_when_the_invariant_breaks_inside_the_window() {
     })
     .await;
 }
+
+#[test]
+fn http_parser_reads_plain_and_chunked_bodies() {
+    let plain = b"HTTP/1.0 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno";
+    assert_eq!(support::parse_http_response(plain).unwrap(), (503, "no".to_string()));
+    let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+    assert_eq!(support::parse_http_response(chunked).unwrap(), (200, "{\"a\":1}".to_string()));
+}

@@ -140,6 +140,20 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Makes the child die with the test process even when the test process is killed outright
+/// (e.g. by a nextest timeout) and no Drop runs. The signal follows the spawning thread, which
+/// is the test's own thread for every fixture here.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
     unsafe {
@@ -278,6 +292,7 @@ impl RedisServer {
             cmd.args(["--masterauth", pw]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("spawn redis-server: {e}"))?;
         self.child = Some(child);
         self.stopped = false;
@@ -453,7 +468,7 @@ pub async fn http(method: &str, addr: &str, path: &str) -> Result<(u16, String),
     }
 }
 
-fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
+pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed response {text:?}"))?;
     let status = head
@@ -608,6 +623,7 @@ impl PairBuilder {
             for (k, v) in &self.env {
                 cmd.env(k, v);
             }
+            die_with_parent(&mut cmd);
             let child = cmd.spawn().expect("spawn redis-pair");
             let mut pair = RedisPair {
                 child: Some(child),
