@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Proxy overhead benchmark (issue 3): direct vs HAProxy (TCP mode, one thread) vs twemproxy vs
+# `redis-pair local`, all in front of the same master+replica pair on 127.0.0.1, rounds
+# interleaved so that drift hits every target alike.
+#
+#   bench/proxy.sh                 full run: n=200000, 3 rounds (about 8-10 min on 2 cores)
+#   QUICK=1 bench/proxy.sh         n=20000, 2 rounds (about 1 min)
+#
+# Knobs (environment): ROUNDS, N, TARGETS="direct haproxy twemproxy redis-pair",
+#   WORKLOADS="c50-P1-d3 ..." (clients, pipeline, value bytes), BASE_PORT (17100),
+#   SKIP_BUILD=1, PAIR_BIN=path, PAIR_ARGS="extra redis-pair local flags",
+#   REQUIRE_PAIR=1 (fail instead of skipping redis-pair when it does not build/start).
+# Output: a table on stdout, and bench/out/proxy-<time>/{results.tsv,table.md,*.csv,*.log}.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+if [ "${QUICK:-0}" = 1 ]; then
+  N=${N:-20000}; ROUNDS=${ROUNDS:-2}
+else
+  N=${N:-200000}; ROUNDS=${ROUNDS:-3}
+fi
+TARGETS=${TARGETS:-"direct haproxy twemproxy redis-pair"}
+WORKLOADS=${WORKLOADS:-"c50-P1-d3 c50-P1-d4096 c50-P16-d3 c50-P16-d4096 c500-P1-d3 c500-P1-d4096"}
+BASE_PORT=${BASE_PORT:-17100}
+MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
+HAPROXY_PORT=$((BASE_PORT + 11)) TWEM_PORT=$((BASE_PORT + 12)) TWEM_STATS=$((BASE_PORT + 13))
+PAIR_PORT=$((BASE_PORT + 14)) PAIR_ADMIN=$((BASE_PORT + 15))
+
+OUT=${OUT:-$BENCH_DIR/out/proxy-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+
+# --- prerequisites -------------------------------------------------------------------------
+ensure_tools redis-server redis-server redis-benchmark redis-tools redis-cli redis-tools \
+  haproxy haproxy nutcracker nutcracker python3 python3 curl curl
+raise_fd_limit
+if [[ " $TARGETS " == *" redis-pair "* ]]; then
+  if ! build_pair; then
+    [ "${REQUIRE_PAIR:-0}" = 1 ] && die "redis-pair does not build or has no 'local' subcommand"
+    log "warning: redis-pair does not build or has no 'local' subcommand: skipping it"
+    TARGETS=${TARGETS//redis-pair/}
+  fi
+fi
+machine_info | tee "$OUT/machine.txt" >&2
+echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS" | tee "$OUT/params.txt" >&2
+
+# --- the pair and the proxies ----------------------------------------------------------------
+start_redis "$MASTER_PORT" "$OUT/redis"
+start_redis "$REPLICA_PORT" "$OUT/redis" --replicaof "$HOST" "$MASTER_PORT"
+wait_replica_synced "$REPLICA_PORT" || die "replica did not sync"
+
+declare -A PORT PID
+PORT[direct]=$MASTER_PORT
+PID[direct]=$(eval echo "\$REDIS_PID_$MASTER_PORT")
+
+start_haproxy() {
+  cat >"$OUT/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1m
+    timeout server 1m
+frontend redis
+    bind $HOST:$HAPROXY_PORT
+    default_backend master
+backend master
+    server m $HOST:$MASTER_PORT
+EOF
+  haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
+  PID[haproxy]=$!; BENCH_PIDS+=("$!"); PORT[haproxy]=$HAPROXY_PORT
+  wait_port "$HAPROXY_PORT" || die "haproxy did not start (see $OUT/haproxy.log)"
+}
+
+start_twemproxy() {
+  # One pool, one server: twemproxy multiplexes all clients over server_connections (1) link.
+  cat >"$OUT/nutcracker.yml" <<EOF
+pair:
+  listen: $HOST:$TWEM_PORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  timeout: 5000
+  server_connections: 1
+  servers:
+   - $HOST:$MASTER_PORT:1
+EOF
+  nutcracker -c "$OUT/nutcracker.yml" -s "$TWEM_STATS" -a "$HOST" -o "$OUT/nutcracker.log" &
+  PID[twemproxy]=$!; BENCH_PIDS+=("$!"); PORT[twemproxy]=$TWEM_PORT
+  wait_port "$TWEM_PORT" || die "nutcracker did not start (see $OUT/nutcracker.log)"
+}
+
+start_pair() {
+  # shellcheck disable=SC2086
+  "$PAIR_BIN" local --listen "$HOST:$PAIR_PORT" --admin-listen "$HOST:$PAIR_ADMIN" \
+    --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" ${PAIR_ARGS:-} \
+    >"$OUT/redis-pair.log" 2>&1 &
+  PID[redis-pair]=$!; BENCH_PIDS+=("$!"); PORT[redis-pair]=$PAIR_PORT
+  local i
+  for i in $(seq 1 100); do
+    if curl -fsS -m 1 "http://$HOST:$PAIR_ADMIN/readyz" >/dev/null 2>&1 &&
+       [ "$(rcli "$PAIR_PORT" PING 2>/dev/null)" = PONG ]; then
+      return 0
+    fi
+    kill -0 "${PID[redis-pair]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  return 1
+}
+
+for t in $TARGETS; do
+  case $t in
+    direct) ;;
+    haproxy) start_haproxy ;;
+    twemproxy) start_twemproxy ;;
+    redis-pair)
+      if ! start_pair; then
+        [ "${REQUIRE_PAIR:-0}" = 1 ] && { tail -20 "$OUT/redis-pair.log" >&2; die "redis-pair did not become ready"; }
+        log "warning: redis-pair did not become ready (see $OUT/redis-pair.log): skipping it"
+        tail -5 "$OUT/redis-pair.log" >&2 || true
+        TARGETS=${TARGETS//redis-pair/}
+      fi ;;
+    *) die "unknown target $t" ;;
+  esac
+done
+sleep 1
+: >"$OUT/rss_idle.tsv"
+for t in $TARGETS; do
+  [ "$t" = direct ] && continue
+  printf '%s\tstart\t%s\n' "$t" "$(rss_kb "${PID[$t]}")" >>"$OUT/rss_idle.tsv"
+done
+
+# --- the runs ---------------------------------------------------------------------------------
+printf 'round\tworkload\ttarget\ttest\trps\tp50_ms\tp99_ms\tcpu_s_per_M\trss_peak_kb\n' >"$OUT/results.tsv"
+read -ra TLIST <<<"$TARGETS"
+NT=${#TLIST[@]}
+
+run_one() { # round workload target
+  local round=$1 wl=$2 t=$3 c p d
+  IFS=- read -r c p d <<<"$wl"; c=${c#c}; p=${p#P}; d=${d#d}
+  local pid=${PID[$t]} port=${PORT[$t]} base="$OUT/r$1-$2-$3"
+  local t0 t1 spid rc=0
+  t0=$(cpu_ticks "$pid")
+  ( while :; do rss_kb "$pid"; sleep 0.1; done ) >"$base.rss" 2>/dev/null &
+  spid=$!; BENCH_PIDS+=("$spid")
+  redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$N" -c "$c" -P "$p" -d "$d" --csv \
+    >"$base.csv" 2>"$base.err" || rc=$?
+  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
+  t1=$(cpu_ticks "$pid")
+  local cpu rss
+  cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$N" 'BEGIN{printf "%.3f", (b-a)/hz/(2*n)*1e6}')
+  rss=$(sort -n "$base.rss" | tail -1); rss=${rss:-0}
+  if [ $rc -ne 0 ] || ! grep -q '^"SET"' "$base.csv"; then
+    log "  $wl $t: redis-benchmark failed (rc=$rc): $(tr '\n' ' ' <"$base.err" | cut -c1-200)"
+    printf '%s\t%s\t%s\tSET\tNA\tNA\tNA\t%s\t%s\n' "$round" "$wl" "$t" "$cpu" "$rss" >>"$OUT/results.tsv"
+    return
+  fi
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  tr -d '"' <"$base.csv" | awk -F, -v r="$round" -v w="$wl" -v t="$t" -v cpu="$cpu" -v rss="$rss" \
+    'NR>1 {printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, w, t, $1, $2, $5, $7, cpu, rss}' \
+    >>"$OUT/results.tsv"
+  log "  $wl $(printf '%-10s' "$t") $(tr -d '"' <"$base.csv" | awk -F, 'NR>1{printf "%s %.0f/s p50 %s p99 %s   ", $1, $2, $5, $7}')cpu ${cpu}s/M rss ${rss}kB"
+}
+
+START=$(date +%s)
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round/$ROUNDS"
+  wi=0
+  for wl in $WORKLOADS; do
+    # rotate the target order per round and workload so no target always goes first
+    for k in $(seq 0 $((NT - 1))); do
+      run_one "$round" "$wl" "${TLIST[$(( (k + round + wi) % NT ))]}"
+      sleep 0.3
+    done
+    wi=$((wi + 1))
+  done
+done
+log "runs took $(( $(date +%s) - START )) s"
+sleep 2
+for t in $TARGETS; do
+  [ "$t" = direct ] && continue
+  printf '%s\tafter\t%s\n' "$t" "$(rss_kb "${PID[$t]}")" >>"$OUT/rss_idle.tsv"
+done
+
+# --- the table --------------------------------------------------------------------------------
+python3 "$BENCH_DIR/proxy_table.py" "$OUT" | tee "$OUT/table.md"
+log "results in $OUT"

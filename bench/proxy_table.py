@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Summarise bench/proxy.sh results: medians over rounds, ratio to direct, proxy RSS and CPU.
+
+usage: proxy_table.py OUT_DIR   (reads OUT_DIR/results.tsv, OUT_DIR/rss_idle.tsv; prints markdown)
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+out = sys.argv[1]
+rows = list(csv.DictReader(open(f"{out}/results.tsv"), delimiter="\t"))
+targets, workloads = [], []
+for r in rows:
+    if r["target"] not in targets:
+        targets.append(r["target"])
+    if r["workload"] not in workloads:
+        workloads.append(r["workload"])
+order = ["direct", "haproxy", "twemproxy", "redis-pair"]
+targets.sort(key=lambda t: order.index(t) if t in order else 99)
+
+
+def med(vals):
+    vals = [float(v) for v in vals if v not in ("NA", "", None)]
+    return statistics.median(vals) if vals else None
+
+
+g = defaultdict(list)
+for r in rows:
+    g[(r["workload"], r["test"], r["target"])].append(r)
+
+
+def fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def wl_name(w):
+    c, p, d = w.split("-")
+    size = "4KiB" if d == "d4096" else d[1:] + "B"
+    return f"-c {c[1:]} -P {p[1:]} {size}"
+
+
+print("| workload | test | target | ops/s | p50 ms | p99 ms | × direct | proxy CPU s/M req | proxy peak RSS MiB |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+ratios = defaultdict(list)
+for w in workloads:
+    for test in ("SET", "GET"):
+        base = med(r["rps"] for r in g[(w, test, "direct")])
+        for t in targets:
+            rs = g[(w, test, t)]
+            if not rs:
+                continue
+            rps = med(r["rps"] for r in rs)
+            ratio = rps / base if (rps and base) else None
+            if ratio is not None and t != "direct":
+                ratios[(t, w.split("-")[1])].append(ratio)
+            cpu = med(r["cpu_s_per_M"] for r in rs) if t != "direct" else None
+            rss = med(r["rss_peak_kb"] for r in rs)
+            rss = rss / 1024 if (rss and t != "direct") else None
+            print(f"| {wl_name(w)} | {test} | {t} | {fmt(rps, ',.0f')} | "
+                  f"{fmt(med(r['p50_ms'] for r in rs), '.3f')} | {fmt(med(r['p99_ms'] for r in rs), '.3f')} | "
+                  f"{fmt(ratio, '.2f')} | {fmt(cpu, '.2f')} | {fmt(rss, '.1f')} |")
+
+print()
+print("Ratio to direct, min–max over rows (median ops/s per row):")
+print()
+print("| target | -P 1 | -P 16 |")
+print("|---|---|---|")
+for t in targets:
+    if t == "direct":
+        continue
+    cells = []
+    for p in ("P1", "P16"):
+        v = ratios.get((t, p))
+        cells.append(f"{min(v):.2f}–{max(v):.2f}" if v else "n/a")
+    print(f"| {t} | {cells[0]} | {cells[1]} |")
+
+print()
+idle = defaultdict(dict)
+try:
+    for line in open(f"{out}/rss_idle.tsv"):
+        t, when, kb = line.split()
+        idle[t][when] = int(kb)
+except FileNotFoundError:
+    pass
+peak = defaultdict(float)
+for r in rows:
+    if r["rss_peak_kb"] not in ("NA", ""):
+        peak[r["target"]] = max(peak[r["target"]], float(r["rss_peak_kb"]))
+print("| proxy | RSS idle at start MiB | RSS peak under load MiB | RSS idle after the runs MiB | CPU s/M req (median over all runs) |")
+print("|---|---:|---:|---:|---:|")
+for t in targets:
+    if t == "direct":
+        continue
+    cpu = med(r["cpu_s_per_M"] for r in rows if r["target"] == t and r["test"] == "SET")
+    s, a = idle[t].get("start"), idle[t].get("after")
+    print(f"| {t} | {fmt(s and s / 1024, '.1f')} | {fmt(peak[t] / 1024, '.1f')} | "
+          f"{fmt(a and a / 1024, '.1f')} | {fmt(cpu, '.2f')} |")
