@@ -4,4 +4,9 @@
 //! forwards client bytes to the published master, [`local`] wires both into one process,
 //! [`admin`] serves health, status and metrics, [`metrics`] defines what is measured.
 
+pub mod admin;
+pub mod cli;
 pub mod engine;
+pub mod local;
+pub mod metrics;
+pub mod proxy;

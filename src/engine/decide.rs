@@ -9,7 +9,8 @@
 //!    after `down_after`. A master that answers with a new run_id restarted, possibly empty; it
 //!    is treated as failed so that its replicas never full-resync from an empty dataset.
 //! 3. When the master is down, the most caught-up replica wins: highest replication offset,
-//!    then lowest `replica-priority` value, then address order. Priority 0 never wins.
+//!    then lowest `replica-priority` value, then address order. Priority 0 never wins, and
+//!    neither does a replica that has not completed a sync since it started (it has no data).
 //! 4. With nothing published (start-up, or after every server was down) the existing topology
 //!    is kept: an existing master is published rather than promoting anything, and of two
 //!    masters the one with more data (keys, then offset) is kept.
@@ -47,6 +48,19 @@ pub fn decide(
     }
 }
 
+/// A failed server is down when it refuses connections (the process is gone) or has failed
+/// for `down_after`; before that it is only failing. An answering server is never down.
+pub fn is_down(probe: &Probe, policy: &Policy, now: Duration) -> bool {
+    match probe {
+        Probe::Up(_) => false,
+        Probe::Failed {
+            kind: FailureKind::Refused,
+            ..
+        } => true,
+        Probe::Failed { since, .. } => now.saturating_sub(*since) >= policy.down_after,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Liveness<'a> {
     Up(&'a RedisInfo),
@@ -65,17 +79,8 @@ impl<'a> View<'a> {
     fn liveness(&self, server: &'a ServerState) -> Liveness<'a> {
         match &server.probe {
             Probe::Up(info) => Liveness::Up(info),
-            Probe::Failed {
-                kind: FailureKind::Refused,
-                ..
-            } => Liveness::Down,
-            Probe::Failed { since, .. } => {
-                if self.now.saturating_sub(*since) >= self.policy.down_after {
-                    Liveness::Down
-                } else {
-                    Liveness::Failing
-                }
-            }
+            failed if is_down(failed, self.policy, self.now) => Liveness::Down,
+            Probe::Failed { .. } => Liveness::Failing,
         }
     }
 
@@ -165,7 +170,7 @@ impl<'a> View<'a> {
         let existing_master = self
             .up()
             .filter(|(_, info)| info.role == Role::Master)
-            .max_by(|a, b| more_data(a, b));
+            .max_by(more_data);
         let Some((chosen, info)) = existing_master.or_else(|| self.best_candidate(None)) else {
             let nothing_up = self.up().next().is_none();
             return Plan {
@@ -218,10 +223,8 @@ impl<'a> View<'a> {
     /// The most caught-up promotable replica, excluding `except`.
     fn best_candidate(&self, except: Option<&Endpoint>) -> Option<(&'a Endpoint, &'a RedisInfo)> {
         self.up()
-            .filter(|(endpoint, info)| {
-                Some(*endpoint) != except && info.role == Role::Replica && info.priority > 0
-            })
-            .max_by(|a, b| more_caught_up(a, b))
+            .filter(|(endpoint, info)| Some(*endpoint) != except && is_promotable(info))
+            .max_by(more_caught_up)
     }
 
     /// Every answering server other than `master` that is not already its replica.
@@ -237,6 +240,12 @@ impl<'a> View<'a> {
         repoint.sort();
         repoint
     }
+}
+
+/// A replica may be promoted when it is allowed to (priority > 0) and holds data it got from
+/// a master.
+pub fn is_promotable(info: &RedisInfo) -> bool {
+    info.role == Role::Replica && info.priority > 0 && info.synced
 }
 
 /// `Greater` when `a` is the better promotion candidate: higher offset, then lower priority

@@ -6,6 +6,8 @@
 
 pub mod decide;
 pub mod model;
+pub mod redis_io;
+pub mod runner;
 
 pub use decide::{Policy, decide};
 pub use model::{

@@ -111,6 +111,11 @@ pub struct RedisInfo {
     pub link_up: bool,
     /// `master_repl_offset` on a master, `slave_repl_offset` on a replica.
     pub offset: u64,
+    /// For a replica: it has completed a sync with a master since its process started (the
+    /// link is up, or `master_link_down_since_seconds` is not -1). A replica that never did
+    /// holds no data it got from a master (a restarted, empty old master, say) and must never
+    /// be promoted over the data its peers hold.
+    pub synced: bool,
     /// `replica-priority`; 0 means "never promote this server".
     pub priority: u32,
     /// Keys over all databases: "how much data" when two masters must be reconciled.

@@ -29,6 +29,7 @@ fn master(port: u16) -> Server {
             run_id: format!("run-{port}"),
             master: None,
             link_up: false,
+            synced: true,
             offset: 1000,
             priority: 100,
             keys: 10,
@@ -74,6 +75,12 @@ impl Server {
     }
     fn priority(mut self, priority: u32) -> Self {
         self.info().priority = priority;
+        self
+    }
+    fn never_synced(mut self) -> Self {
+        let info = self.info();
+        info.link_up = false;
+        info.synced = false;
         self
     }
     fn keys(mut self, keys: u64) -> Self {
@@ -320,6 +327,32 @@ fn priority_zero_replica_is_never_promoted() {
 }
 
 #[test]
+fn replica_that_never_completed_a_sync_is_never_promoted() {
+    // A restarted, empty old master made a replica is still waiting for its first sync when
+    // the current master hangs: promoting it would wipe the data everywhere.
+    let plan = decide_at(
+        &[
+            failed(1, FailureKind::Timeout, 0.0),
+            replica(2, 1).never_synced().keys(0),
+        ],
+        &published(3, Some(1)),
+        5.0,
+    );
+    assert_eq!(plan.promote, None);
+    assert_eq!(publishes(&plan), Some((None, 4, Reason::NoMasterReachable)));
+    let with_peer = decide_at(
+        &[
+            refused(1),
+            replica(2, 1).never_synced().offset(5000),
+            replica(3, 1).offset(1),
+        ],
+        &published(3, Some(1)),
+        0.0,
+    );
+    assert_eq!(with_peer.promote, Some(ep(3)));
+}
+
+#[test]
 fn master_down_with_no_candidate_publishes_no_master() {
     let plan = decide_at(
         &[refused(1), replica(2, 1).priority(0)],
@@ -390,14 +423,14 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
     let up = (
         any::<bool>(),
         proptest::option::of(proptest::sample::select(ports)),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         0u64..4,
         prop_oneof![Just(0u32), Just(1), Just(100)],
         0u64..3,
         0u8..3,
     )
         .prop_map(
-            |(is_master, master, link_up, offset, priority, keys, run)| {
+            |(is_master, master, (link_up, synced), offset, priority, keys, run)| {
                 Probe::Up(RedisInfo {
                     role: if is_master {
                         Role::Master
@@ -407,6 +440,7 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
                     run_id: format!("run-{run}"),
                     master: if is_master { None } else { master.map(ep) },
                     link_up,
+                    synced: is_master || link_up || synced,
                     offset,
                     priority,
                     keys,
@@ -523,11 +557,10 @@ proptest! {
             return Ok(()); // re-asserting the published master, not a failover
         }
         prop_assert!(info.priority > 0, "promoted a priority-0 replica");
+        prop_assert!(info.synced, "promoted a replica that never synced");
         let view = View { servers: &servers, policy: &POLICY, now: NOW };
         for (endpoint, other) in view.up() {
-            let eligible = other.role == Role::Replica
-                && other.priority > 0
-                && Some(endpoint) != published.master.as_ref();
+            let eligible = is_promotable(other) && Some(endpoint) != published.master.as_ref();
             prop_assert!(
                 !eligible || more_caught_up(&(promoted, info), &(endpoint, other)) != Ordering::Less,
                 "{} is more caught up than the promoted {}", endpoint, promoted

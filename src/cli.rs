@@ -1,0 +1,102 @@
+//! The command line: one binary, one subcommand per mode. Flags are turned into the typed
+//! configuration of the module that owns them; nothing here does I/O.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::Endpoint;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redis-pair",
+    version,
+    about = "Highly available Redis master/replica groups: failover engine and proxy"
+)]
+pub struct Cli {
+    /// Log format (logs go to stdout; a fatal error is one line on stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Failover engine and proxy in one process for a list of Redis servers, no Kubernetes:
+    /// clients connect to --listen and always reach the current master.
+    Local(LocalArgs),
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 500ms, 2s or 1m"))?;
+    if parsed.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(parsed)
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Address the proxy accepts client connections on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// A Redis server of the group, HOST:PORT; give it once per server (at least two).
+    #[arg(long = "server", value_name = "HOST:PORT", required = true)]
+    pub servers: Vec<Endpoint>,
+
+    /// Address of the admin HTTP endpoint (/healthz, /readyz, /metrics, /status, /switchover).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
+    pub admin_listen: SocketAddr,
+
+    /// How often every server is probed.
+    #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = duration)]
+    pub probe_interval: Duration,
+
+    /// Deadline of one probe (connect, AUTH and INFO together).
+    #[arg(long, value_name = "DUR", default_value = "250ms", value_parser = duration)]
+    pub probe_timeout: Duration,
+
+    /// A server that stops answering is down after this long (one that refuses connections is
+    /// down at once).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = duration)]
+    pub down_after: Duration,
+
+    /// A client that connects while no master is published waits this long, then is closed.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
+    pub wait_for_master: Duration,
+
+    /// On SIGTERM/SIGINT, open client connections get this long to finish.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// A planned switchover is aborted if the target has not caught up within this.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
+    pub switchover_timeout: Duration,
+
+    /// ACL user for the engine's connections.
+    #[arg(long, value_name = "USER", env = "REDISPAIR_USERNAME")]
+    pub username: Option<String>,
+
+    /// File holding the password for the engine's connections (or set REDISPAIR_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Proxy buffer per connection and direction, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, hide = true)]
+    pub buffer_size: usize,
+
+    /// Runtime worker threads; 0 picks one per core (at most 4).
+    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    pub threads: usize,
+}

@@ -1,0 +1,433 @@
+//! Every Redis command the engine sends, through redis-rs: the probe that observes a server
+//! and the actions that change the topology. Each call opens its own short-lived connection
+//! under one deadline, so a probe always reflects the server as it is now (a restarted process
+//! is a new connection, a hung one a timeout) and no stale connection state is carried.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+};
+
+use super::model::{Endpoint, FailureKind, RedisInfo, Role};
+
+/// Credentials for the engine's own connections.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A failed Redis call, classified the way the decision needs it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind_text}: {detail}", kind_text = self.kind.as_str())]
+pub struct RedisCallError {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl RedisCallError {
+    fn timeout(deadline: Duration) -> Self {
+        Self {
+            kind: FailureKind::Timeout,
+            detail: format!("no answer within {}", humantime::format_duration(deadline)),
+        }
+    }
+
+    fn from_redis(err: &redis::RedisError) -> Self {
+        let kind = if err.is_connection_refusal() || err.is_connection_dropped() {
+            FailureKind::Refused
+        } else if err.is_timeout() {
+            FailureKind::Timeout
+        } else if err.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
+            FailureKind::AuthFailed
+        } else {
+            FailureKind::Error
+        };
+        Self {
+            kind,
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// Opens connections to group members with the engine's credentials and deadline.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    credentials: Credentials,
+    deadline: Duration,
+}
+
+/// What a probe learns beyond [`RedisInfo`]: things only a human can fix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    pub info: Option<RedisInfo>,
+    pub warnings: Vec<String>,
+}
+
+impl Connector {
+    pub fn new(credentials: Credentials, deadline: Duration) -> Self {
+        Self {
+            credentials,
+            deadline,
+        }
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    pub fn client(&self, endpoint: &Endpoint) -> Result<Client, RedisCallError> {
+        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(user) = &self.credentials.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.credentials.password {
+            settings = settings.set_password(password);
+        }
+        let info: ConnectionInfo = (endpoint.host().to_owned(), endpoint.port())
+            .into_connection_info()
+            .map_err(|e| RedisCallError::from_redis(&e))?
+            .set_redis_settings(settings);
+        Client::open(info).map_err(|e| RedisCallError::from_redis(&e))
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<MultiplexedConnection, RedisCallError> {
+        let client = self.client(endpoint)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.deadline))
+            .set_response_timeout(Some(self.deadline));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| RedisCallError::from_redis(&e))
+    }
+
+    /// Runs `call` on a fresh connection, the whole thing (connect included) under the deadline.
+    async fn with_connection<T, F>(&self, endpoint: &Endpoint, call: F) -> Result<T, RedisCallError>
+    where
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    {
+        let work = async {
+            let mut conn = self.connect(endpoint).await?;
+            call(&mut conn)
+                .await
+                .map_err(|e| RedisCallError::from_redis(&e))
+        };
+        tokio::time::timeout(self.deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(RedisCallError::timeout(self.deadline)))
+    }
+
+    /// Reads role, offsets, run_id, priority and key counts; on replicas, also checks that
+    /// `masterauth` matches our password, since a replica that cannot authenticate to its
+    /// master silently stops replicating.
+    pub async fn probe(
+        &self,
+        endpoint: &Endpoint,
+        known: &(dyn Fn(&str, u16) -> Option<Endpoint> + Sync),
+    ) -> Result<Observation, RedisCallError> {
+        let check_masterauth = self.credentials.password.is_some();
+        let (text, masterauth) = self
+            .with_connection(endpoint, async |conn| {
+                let text: String = redis::cmd("INFO")
+                    .arg("server")
+                    .arg("replication")
+                    .arg("keyspace")
+                    .query_async(conn)
+                    .await?;
+                let masterauth = if check_masterauth && text.contains("role:slave") {
+                    // CONFIG may be renamed or forbidden by ACL: then we cannot check, and say
+                    // nothing rather than guess.
+                    redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("masterauth")
+                        .query_async::<HashMap<String, String>>(conn)
+                        .await
+                        .ok()
+                        .and_then(|mut m| m.remove("masterauth"))
+                } else {
+                    None
+                };
+                Ok((text, masterauth))
+            })
+            .await?;
+        let info = parse_info(&text, known).map_err(|detail| RedisCallError {
+            kind: FailureKind::Error,
+            detail,
+        })?;
+        let mut warnings = Vec::new();
+        if let Some(masterauth) = masterauth
+            && Some(masterauth.as_str()) != self.credentials.password.as_deref()
+        {
+            warnings.push(if masterauth.is_empty() {
+                "masterauth is not set: this replica cannot authenticate to a master that \
+                 requires a password; set masterauth in its redis.conf"
+                    .to_owned()
+            } else {
+                "masterauth differs from the password redis-pair uses: this replica may fail \
+                 to authenticate to its master; make masterauth match requirepass"
+                    .to_owned()
+            });
+        }
+        if let Some(master) = info.master.as_ref().filter(|_| !info.link_up) {
+            warnings.push(format!("replication link to {master} is down"));
+        }
+        Ok(Observation {
+            info: Some(info),
+            warnings,
+        })
+    }
+
+    /// `REPLICAOF NO ONE`: the server stops replicating and accepts writes.
+    pub async fn promote(&self, endpoint: &Endpoint) -> Result<(), RedisCallError> {
+        self.with_connection(endpoint, async |conn| {
+            redis::cmd("REPLICAOF")
+                .arg("NO")
+                .arg("ONE")
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
+    }
+
+    /// `REPLICAOF host port`: the server becomes a replica of `master`.
+    pub async fn replicate(
+        &self,
+        endpoint: &Endpoint,
+        master: &Endpoint,
+    ) -> Result<(), RedisCallError> {
+        self.with_connection(endpoint, async |conn| {
+            redis::cmd("REPLICAOF")
+                .arg(master.host())
+                .arg(master.port())
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
+    }
+
+    /// `CLIENT PAUSE ms WRITE` (Redis 6.2+): writes block, reads go on. The pause expires by
+    /// itself after `for_at_most`, so a crash of ours cannot leave the master paused.
+    pub async fn pause_writes(
+        &self,
+        endpoint: &Endpoint,
+        for_at_most: Duration,
+    ) -> Result<(), RedisCallError> {
+        let millis = u64::try_from(for_at_most.as_millis()).unwrap_or(u64::MAX);
+        self.with_connection(endpoint, async |conn| {
+            redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(millis)
+                .arg("WRITE")
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn unpause(&self, endpoint: &Endpoint) -> Result<(), RedisCallError> {
+        self.with_connection(endpoint, async |conn| {
+            redis::cmd("CLIENT")
+                .arg("UNPAUSE")
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
+    }
+
+    /// The replication offset alone: `master_repl_offset` of a master, `slave_repl_offset`
+    /// of a replica. Used while waiting for a switchover target to catch up.
+    pub async fn offset(&self, endpoint: &Endpoint) -> Result<u64, RedisCallError> {
+        let text: String = self
+            .with_connection(endpoint, async |conn| {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(conn)
+                    .await
+            })
+            .await?;
+        let info = parse_info(&text, &|_, _| None).map_err(|detail| RedisCallError {
+            kind: FailureKind::Error,
+            detail,
+        })?;
+        Ok(info.offset)
+    }
+
+    /// Opens the connection a watcher holds on: a RESP2 pub/sub subscription that Redis never
+    /// times out, whose end tells us at once that the process died.
+    pub async fn subscribe(
+        &self,
+        endpoint: &Endpoint,
+        channel: &str,
+    ) -> Result<redis::aio::PubSub, RedisCallError> {
+        let client = self.client(endpoint)?;
+        let work = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.deadline, work).await {
+            Ok(result) => result.map_err(|e| RedisCallError::from_redis(&e)),
+            Err(_) => Err(RedisCallError::timeout(self.deadline)),
+        }
+    }
+}
+
+/// Parses the text of `INFO server replication keyspace`.
+///
+/// `known` maps a replica's `master_host`/`master_port` to the group member it names, so that
+/// a replica configured with another spelling of the same address still counts as replicating
+/// from that member.
+pub fn parse_info(
+    text: &str,
+    known: &dyn Fn(&str, u16) -> Option<Endpoint>,
+) -> Result<RedisInfo, String> {
+    let mut fields = HashMap::new();
+    let mut keys = 0u64;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.starts_with("db") && name[2..].bytes().all(|b| b.is_ascii_digit()) {
+            // db0:keys=1,expires=0,avg_ttl=0
+            keys += value
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        } else {
+            fields.insert(name, value);
+        }
+    }
+    let field = |name: &str| fields.get(name).copied();
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+    let role = match field("role") {
+        Some("master") => Role::Master,
+        Some("slave") | Some("replica") => Role::Replica,
+        other => return Err(format!("INFO has an unknown role {other:?}")),
+    };
+    let run_id = field("run_id").ok_or("INFO has no run_id")?.to_owned();
+    let (master, link_up, synced, offset) = match role {
+        Role::Master => (None, false, true, number("master_repl_offset").unwrap_or(0)),
+        Role::Replica => {
+            let master = match (field("master_host"), number("master_port")) {
+                (Some(host), Some(port)) => u16::try_from(port).ok().and_then(|p| known(host, p)),
+                _ => None,
+            };
+            let link_up = field("master_link_status") == Some("up");
+            // -1 (not a number here) until the first sync since start-up completes.
+            let synced = link_up || number("master_link_down_since_seconds").is_some();
+            (
+                master,
+                link_up,
+                synced,
+                number("slave_repl_offset")
+                    .or_else(|| number("master_repl_offset"))
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let priority = number("slave_priority")
+        .or_else(|| number("replica_priority"))
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(100);
+    Ok(RedisInfo {
+        role,
+        run_id,
+        master,
+        link_up,
+        synced,
+        offset,
+        priority,
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPLICA_INFO: &str = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\ntcp_port:7002\r\n\r\n\
+        # Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7001\r\n\
+        master_link_status:up\r\nslave_read_repl_offset:4242\r\nslave_repl_offset:4242\r\n\
+        slave_priority:10\r\nslave_read_only:1\r\nmaster_repl_offset:4242\r\n\r\n\
+        # Keyspace\r\ndb0:keys=7,expires=0,avg_ttl=0\r\ndb3:keys=5,expires=1,avg_ttl=10\r\n";
+
+    const MASTER_INFO: &str = "# Server\r\nrun_id:def456\r\n# Replication\r\nrole:master\r\n\
+        connected_slaves:1\r\nslave0:ip=127.0.0.1,port=7002,state=online,offset=4242,lag=0\r\n\
+        master_repl_offset:5000\r\n# Keyspace\r\n";
+
+    fn ours(host: &str, port: u16) -> Option<Endpoint> {
+        (host == "127.0.0.1" && port == 7001).then(|| Endpoint::new("127.0.0.1", 7001))
+    }
+
+    #[test]
+    fn replica_info_yields_master_link_offset_priority_and_keys() {
+        let info = parse_info(REPLICA_INFO, &ours).expect("parses");
+        assert_eq!(
+            info,
+            RedisInfo {
+                role: Role::Replica,
+                run_id: "abc123".into(),
+                master: Some(Endpoint::new("127.0.0.1", 7001)),
+                link_up: true,
+                synced: true,
+                offset: 4242,
+                priority: 10,
+                keys: 12,
+            }
+        );
+    }
+
+    #[test]
+    fn master_info_yields_its_own_offset_and_no_master() {
+        let info = parse_info(MASTER_INFO, &ours).expect("parses");
+        assert_eq!(info.role, Role::Master);
+        assert_eq!(info.offset, 5000);
+        assert_eq!(info.master, None);
+        assert_eq!(info.keys, 0);
+        assert_eq!(info.priority, 100);
+    }
+
+    #[test]
+    fn replica_of_a_server_outside_the_group_has_no_known_master() {
+        let text = REPLICA_INFO.replace("master_port:7001", "master_port:9999");
+        assert_eq!(parse_info(&text, &ours).expect("parses").master, None);
+    }
+
+    #[test]
+    fn replica_that_never_connected_is_not_synced_and_one_that_lost_its_link_is() {
+        let never = REPLICA_INFO.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_link_down_since_seconds:-1",
+        );
+        assert!(!parse_info(&never, &ours).expect("parses").synced);
+        let lost = REPLICA_INFO.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_link_down_since_seconds:3",
+        );
+        let info = parse_info(&lost, &ours).expect("parses");
+        assert!(info.synced && !info.link_up);
+    }
+
+    #[test]
+    fn info_without_role_or_run_id_is_an_error() {
+        assert!(parse_info("# Server\r\nrun_id:x\r\n", &ours).is_err());
+        assert!(parse_info("role:master\r\n", &ours).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! What redis-pair measures, registered once under the `redispair_` prefix.
+//!
+//! Labels are bounded by construction: a server label takes only the addresses given at
+//! start-up, a reason or command label only the values of a fixed enum, never error text.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::engine::Reason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Command {
+    Promote,
+    Replicate,
+    PauseWrites,
+    Unpause,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: Command,
+    pub outcome: Outcome,
+}
+
+/// The engine's view: topology, failovers, and every topology-changing command sent.
+#[derive(Clone, Default)]
+pub struct EngineMetrics {
+    pub epoch: Gauge,
+    /// 1 on the published master, 0 on every other server.
+    pub master: Family<ServerLabel, Gauge>,
+    pub failovers: Family<ReasonLabel, Counter>,
+    pub server_up: Family<ServerLabel, Gauge>,
+    pub server_is_master: Family<ServerLabel, Gauge>,
+    pub server_offset: Family<ServerLabel, Gauge>,
+    pub server_lag_bytes: Family<ServerLabel, Gauge>,
+    pub commands: Family<CommandLabels, Counter>,
+}
+
+/// The proxy's data path. Counters are single atomics: no lock on the hot path.
+#[derive(Clone, Default)]
+pub struct ProxyMetrics {
+    pub connections_open: Gauge,
+    pub connections: Counter,
+    pub bytes_client_to_server: Counter,
+    pub bytes_server_to_client: Counter,
+    pub upstream_connect_failures: Counter,
+    /// Client connections closed because a newer epoch named another master.
+    pub closed_by_failover: Counter,
+    /// Client connections closed because no master was published within the wait.
+    pub no_master_timeouts: Counter,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub engine: EngineMetrics,
+    pub proxy: ProxyMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("redispair");
+        let engine = EngineMetrics::default();
+        let proxy = ProxyMetrics::default();
+        registry.register(
+            "epoch",
+            "Fencing epoch of the published master",
+            engine.epoch.clone(),
+        );
+        registry.register(
+            "master",
+            "1 for the published master",
+            engine.master.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Changes of the published master, by reason",
+            engine.failovers.clone(),
+        );
+        registry.register(
+            "server_up",
+            "1 when the last probe of the server succeeded",
+            engine.server_up.clone(),
+        );
+        registry.register(
+            "server_is_master",
+            "1 when the server reports role master",
+            engine.server_is_master.clone(),
+        );
+        registry.register(
+            "server_repl_offset",
+            "Replication offset the server reports",
+            engine.server_offset.clone(),
+        );
+        registry.register(
+            "server_lag_bytes",
+            "Published master's offset minus the replica's",
+            engine.server_lag_bytes.clone(),
+        );
+        registry.register(
+            "redis_commands",
+            "Topology-changing Redis commands sent, by outcome",
+            engine.commands.clone(),
+        );
+        registry.register(
+            "proxy_connections_open",
+            "Client connections open now",
+            proxy.connections_open.clone(),
+        );
+        registry.register(
+            "proxy_connections",
+            "Client connections accepted",
+            proxy.connections.clone(),
+        );
+        registry.register(
+            "proxy_client_to_server_bytes",
+            "Bytes forwarded from clients to the master",
+            proxy.bytes_client_to_server.clone(),
+        );
+        registry.register(
+            "proxy_server_to_client_bytes",
+            "Bytes forwarded from the master to clients",
+            proxy.bytes_server_to_client.clone(),
+        );
+        registry.register(
+            "proxy_upstream_connect_failures",
+            "Failed connections to the published master",
+            proxy.upstream_connect_failures.clone(),
+        );
+        registry.register(
+            "proxy_closed_by_failover",
+            "Client connections closed because the master changed",
+            proxy.closed_by_failover.clone(),
+        );
+        registry.register(
+            "proxy_no_master_timeouts",
+            "Client connections closed after waiting for a master",
+            proxy.no_master_timeouts.clone(),
+        );
+        for reason in Reason::ALL {
+            // Present from the start, so a rate() over a first failover is not lost.
+            drop(engine.failovers.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        Self {
+            registry,
+            engine,
+            proxy,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
