@@ -50,7 +50,10 @@ fn run_local(args: &[String], env: &[(&str, &str)]) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Outcome { code: status.code(), stderr: std::fs::read_to_string(&err_path).unwrap() }
+    Outcome {
+        code: status.code(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+    }
 }
 
 /// Lines of stderr that are log records (human format starts with a timestamp, JSON with `{`,
@@ -63,16 +66,35 @@ fn is_log_record(line: &str) -> bool {
 /// every string of `all_of` and at least one of `any_of` (case-insensitive), and no panic.
 fn assert_config_error(out: &Outcome, all_of: &[&str], any_of: &[&str]) {
     let stderr = &out.stderr;
-    assert!(!stderr.contains("panicked"), "redis-pair panicked:\n{stderr}");
-    assert_eq!(out.code, Some(64), "exit code for bad configuration; stderr:\n{stderr}");
-    let lines: Vec<&str> =
-        stderr.lines().filter(|l| !l.trim().is_empty() && !is_log_record(l)).collect();
-    assert_eq!(lines.len(), 1, "expected exactly one error line on stderr, got:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "redis-pair panicked:\n{stderr}"
+    );
+    assert_eq!(
+        out.code,
+        Some(64),
+        "exit code for bad configuration; stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !is_log_record(l))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one error line on stderr, got:\n{stderr}"
+    );
     let line = lines[0];
-    assert!(line.starts_with("error: "), "the error line must start with `error: `: {line:?}");
+    assert!(
+        line.starts_with("error: "),
+        "the error line must start with `error: `: {line:?}"
+    );
     let lower = line.to_lowercase();
     for s in all_of {
-        assert!(lower.contains(&s.to_lowercase()), "error line must mention {s:?}: {line:?}");
+        assert!(
+            lower.contains(&s.to_lowercase()),
+            "error line must mention {s:?}: {line:?}"
+        );
     }
     assert!(
         any_of.is_empty() || any_of.iter().any(|s| lower.contains(&s.to_lowercase())),
@@ -92,7 +114,10 @@ fn listen_args() -> Vec<String> {
 }
 
 fn server_args(addrs: &[String]) -> Vec<String> {
-    addrs.iter().flat_map(|a| ["--server".to_string(), a.clone()]).collect()
+    addrs
+        .iter()
+        .flat_map(|a| ["--server".to_string(), a.clone()])
+        .collect()
 }
 
 #[tokio::test]
@@ -121,7 +146,11 @@ async fn duplicate_server_exits_64_naming_it() {
     let mut args = listen_args();
     args.extend(server_args(&[a.addr(), b.addr(), a.addr()]));
     let out = run_local(&args, &[]);
-    assert_config_error(&out, &[&a.addr()], &["duplicate", "twice", "more than once", "repeated"]);
+    assert_config_error(
+        &out,
+        &[&a.addr()],
+        &["duplicate", "twice", "more than once", "repeated"],
+    );
 }
 
 #[tokio::test]
@@ -159,6 +188,10 @@ async fn listen_address_in_use_exits_64_naming_the_address() {
     ];
     args.extend(server_args(&[a.addr(), b.addr()]));
     let out = run_local(&args, &[]);
-    assert_config_error(&out, &[&busy_port.to_string()], &["in use", "bind", "listen"]);
+    assert_config_error(
+        &out,
+        &[&busy_port.to_string()],
+        &["in use", "bind", "listen"],
+    );
     drop(busy);
 }

@@ -14,7 +14,10 @@ async fn replica_fixture_returns_once_the_replica_is_caught_up() {
     let b = RedisServer::replica(&a).await;
     assert_eq!(b.dbsize().await.unwrap(), 100);
     let r = b.replication().await.unwrap();
-    assert_eq!((r.role.as_str(), r.master, r.link_up), ("slave", Some(a.addr()), true));
+    assert_eq!(
+        (r.role.as_str(), r.master, r.link_up),
+        ("slave", Some(a.addr()), true)
+    );
 }
 
 #[tokio::test]
@@ -23,21 +26,37 @@ async fn restart_comes_back_empty_on_the_same_port() {
     a.fill("k", 10).await;
     let port = a.port();
     a.kill();
-    assert!(a.conn().await.is_err(), "a killed server refuses connections");
+    assert!(
+        a.conn().await.is_err(),
+        "a killed server refuses connections"
+    );
     a.restart().await;
     assert_eq!(a.port(), port);
-    assert_eq!(a.dbsize().await.unwrap(), 0, "no persistence: data is gone after a restart");
+    assert_eq!(
+        a.dbsize().await.unwrap(),
+        0,
+        "no persistence: data is gone after a restart"
+    );
 }
 
 #[tokio::test]
 async fn stopped_server_answers_nothing_until_continued() {
     let mut a = RedisServer::master().await;
     a.stop();
-    let mut c = a.conn().await.expect("the kernel still accepts connections");
+    let mut c = a
+        .conn()
+        .await
+        .expect("the kernel still accepts connections");
     c.send(&["PING"]).await.unwrap();
-    assert!(c.read_within(Duration::from_millis(300)).await.is_err(), "no reply while stopped");
+    assert!(
+        c.read_within(Duration::from_millis(300)).await.is_err(),
+        "no reply while stopped"
+    );
     a.cont();
-    assert_eq!(c.read_within(Duration::from_secs(2)).await.unwrap(), Resp::Simple("PONG".into()));
+    assert_eq!(
+        c.read_within(Duration::from_secs(2)).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
 }
 
 #[tokio::test]
@@ -45,29 +64,48 @@ async fn password_fixture_authenticates_its_own_connections() {
     let a = RedisServer::builder().requirepass("pw").start().await;
     assert_eq!(a.dbsize().await.unwrap(), 0);
     let mut anon = support::Conn::connect(&a.addr()).await.unwrap();
-    assert!(matches!(anon.cmd(&["DBSIZE"]).await.unwrap(), Resp::Error(e) if e.starts_with("NOAUTH")));
+    assert!(
+        matches!(anon.cmd(&["DBSIZE"]).await.unwrap(), Resp::Error(e) if e.starts_with("NOAUTH"))
+    );
 }
 
 #[tokio::test]
 #[should_panic(expected = "timed out")]
 async fn eventually_panics_with_the_last_observation_at_its_deadline() {
-    eventually("never", Duration::from_millis(100), async || Err::<(), _>("still false".to_string())).await;
+    eventually("never", Duration::from_millis(100), async || {
+        Err::<(), _>("still false".to_string())
+    })
+    .await;
 }
 
 #[tokio::test]
 #[should_panic(expected = "invariant broken")]
 async fn always_panics_when_the_invariant_breaks_inside_the_window() {
     let start = std::time::Instant::now();
-    always("holds for 50ms only", Duration::from_millis(300), async || {
-        if start.elapsed() < Duration::from_millis(50) { Ok(()) } else { Err("broke".into()) }
-    })
+    always(
+        "holds for 50ms only",
+        Duration::from_millis(300),
+        async || {
+            if start.elapsed() < Duration::from_millis(50) {
+                Ok(())
+            } else {
+                Err("broke".into())
+            }
+        },
+    )
     .await;
 }
 
 #[test]
 fn http_parser_reads_plain_and_chunked_bodies() {
     let plain = b"HTTP/1.0 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno";
-    assert_eq!(support::parse_http_response(plain).unwrap(), (503, "no".to_string()));
+    assert_eq!(
+        support::parse_http_response(plain).unwrap(),
+        (503, "no".to_string())
+    );
     let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-    assert_eq!(support::parse_http_response(chunked).unwrap(), (200, "{\"a\":1}".to_string()));
+    assert_eq!(
+        support::parse_http_response(chunked).unwrap(),
+        (200, "{\"a\":1}".to_string())
+    );
 }

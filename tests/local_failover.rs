@@ -19,7 +19,11 @@ async fn master_and_replica() -> (RedisServer, RedisServer) {
 
 /// Waits until `server` is a replica of `master` according to redis itself (link up).
 async fn await_follows(server: &RedisServer, master: &RedisServer) {
-    let what = format!("{} to replicate from {} with its link up", server.addr(), master.addr());
+    let what = format!(
+        "{} to replicate from {} with its link up",
+        server.addr(),
+        master.addr()
+    );
     eventually(&what, SETTLE_DEADLINE, async || {
         let r = server.replication().await?;
         if r.role == "slave" && r.master.as_deref() == Some(&master.addr()) && r.link_up {
@@ -33,7 +37,11 @@ async fn await_follows(server: &RedisServer, master: &RedisServer) {
 
 /// Waits until `/status` reports `server` as a replica of `master`.
 async fn await_status_replica(pair: &RedisPair, server: &RedisServer, master: &RedisServer) {
-    let what = format!("/status to show {} as a replica of {}", server.addr(), master.addr());
+    let what = format!(
+        "/status to show {} as a replica of {}",
+        server.addr(),
+        master.addr()
+    );
     eventually(&what, SETTLE_DEADLINE, async || {
         let s = pair.status().await?;
         let entry = s.server(&server.addr());
@@ -48,10 +56,22 @@ async fn await_status_replica(pair: &RedisPair, server: &RedisServer, master: &R
 
 fn assert_failover(status: &support::Status, from: &str, to: &str, reason: &str, epoch: u64) {
     let lf = status.last_failover();
-    assert_eq!(lf["from"].as_str(), Some(from), "last_failover.from in {status}");
+    assert_eq!(
+        lf["from"].as_str(),
+        Some(from),
+        "last_failover.from in {status}"
+    );
     assert_eq!(lf["to"].as_str(), Some(to), "last_failover.to in {status}");
-    assert_eq!(lf["reason"].as_str(), Some(reason), "last_failover.reason in {status}");
-    assert_eq!(lf["epoch"].as_u64(), Some(epoch), "last_failover.epoch in {status}");
+    assert_eq!(
+        lf["reason"].as_str(),
+        Some(reason),
+        "last_failover.reason in {status}"
+    );
+    assert_eq!(
+        lf["epoch"].as_u64(),
+        Some(epoch),
+        "last_failover.epoch in {status}"
+    );
     assert_eq!(status.epoch(), epoch, "epoch in {status}");
 }
 
@@ -66,28 +86,54 @@ async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
 
     let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
     assert_failover(&after, &a.addr(), &b.addr(), "master-down", epoch + 1);
-    assert_eq!(b.replication().await.unwrap().role, "master", "redis itself must say B is master");
+    assert_eq!(
+        b.replication().await.unwrap().role,
+        "master",
+        "redis itself must say B is master"
+    );
 
-    let reply = pair.proxy_cmd_eventually(&["SET", "after-failover", "v1"], Duration::from_secs(3)).await;
+    let reply = pair
+        .proxy_cmd_eventually(&["SET", "after-failover", "v1"], Duration::from_secs(3))
+        .await;
     assert!(reply.is_ok(), "SET through the proxy: {reply:?}");
-    assert_eq!(b.get("after-failover").await.unwrap().as_deref(), Some("v1"), "the write must be on B");
+    assert_eq!(
+        b.get("after-failover").await.unwrap().as_deref(),
+        Some("v1"),
+        "the write must be on B"
+    );
 }
 
 #[tokio::test]
 async fn master_sigstop_is_promoted_away_only_after_down_after_and_rejoins_as_replica() {
     let down_after = Duration::from_secs(2);
     let (mut a, b) = master_and_replica().await;
-    let pair = RedisPair::builder().server(&a).server(&b).down_after(down_after).start().await;
-    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .down_after(down_after)
+        .start()
+        .await;
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
 
     a.stop();
     let stopped_at = Instant::now();
 
     // A hung master is not down until down-after has passed: no failover in the first half.
-    always("A stays the published master for 0.5 × down-after", down_after / 2, async || {
-        let s = pair.status().await?;
-        if s.master() == Some(&a.addr()) && s.epoch() == epoch { Ok(()) } else { Err(s.to_string()) }
-    })
+    always(
+        "A stays the published master for 0.5 × down-after",
+        down_after / 2,
+        async || {
+            let s = pair.status().await?;
+            if s.master() == Some(&a.addr()) && s.epoch() == epoch {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
     .await;
 
     let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
@@ -105,8 +151,16 @@ async fn master_sigstop_is_promoted_away_only_after_down_after_and_rejoins_as_re
     await_follows(&a, &b).await;
     await_status_replica(&pair, &a, &b).await;
     let s = pair.status().await.unwrap();
-    assert_eq!(s.master(), Some(b.addr().as_str()), "B stays master after A wakes up: {s}");
-    assert_eq!(s.epoch(), epoch + 1, "waking A must not change the epoch again: {s}");
+    assert_eq!(
+        s.master(),
+        Some(b.addr().as_str()),
+        "B stays master after A wakes up: {s}"
+    );
+    assert_eq!(
+        s.epoch(),
+        epoch + 1,
+        "waking A must not change the epoch again: {s}"
+    );
 }
 
 #[tokio::test]
@@ -122,24 +176,37 @@ async fn restarted_old_master_rejoins_as_replica_and_receives_writes_made_after_
         pair.proxy_conn().await.map_err(|e| e.to_string())
     })
     .await;
-    let cmds: Vec<Vec<String>> =
-        (0..100).map(|i| vec!["SET".into(), format!("post-failover-{i}"), i.to_string()]).collect();
+    let cmds: Vec<Vec<String>> = (0..100)
+        .map(|i| vec!["SET".into(), format!("post-failover-{i}"), i.to_string()])
+        .collect();
     let replies = c.pipeline(&cmds).await.expect("writes through the proxy");
-    assert!(replies.iter().all(Resp::is_ok), "writes through the proxy: {:?}", &replies[..3]);
+    assert!(
+        replies.iter().all(Resp::is_ok),
+        "writes through the proxy: {:?}",
+        &replies[..3]
+    );
 
     a.restart().await;
 
     await_follows(&a, &b).await;
     await_status_replica(&pair, &a, &b).await;
-    eventually("A to receive the 100 keys written after the failover", SETTLE_DEADLINE, async || {
-        match a.dbsize().await? {
+    eventually(
+        "A to receive the 100 keys written after the failover",
+        SETTLE_DEADLINE,
+        async || match a.dbsize().await? {
             100 => Ok(()),
             n => Err(format!("A has {n} keys")),
-        }
-    })
+        },
+    )
     .await;
-    assert_eq!(a.get("post-failover-99").await.unwrap().as_deref(), Some("99"));
-    assert_eq!(pair.status().await.unwrap().master(), Some(b.addr().as_str()));
+    assert_eq!(
+        a.get("post-failover-99").await.unwrap().as_deref(),
+        Some("99")
+    );
+    assert_eq!(
+        pair.status().await.unwrap().master(),
+        Some(b.addr().as_str())
+    );
 }
 
 #[tokio::test]
@@ -157,22 +224,40 @@ async fn master_restarted_empty_does_not_wipe_the_replica() {
     a.restart().await;
 
     let s = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
-    assert_eq!(s.last_failover()["to"].as_str(), Some(b.addr().as_str()), "{s}");
+    assert_eq!(
+        s.last_failover()["to"].as_str(),
+        Some(b.addr().as_str()),
+        "{s}"
+    );
     await_follows(&a, &b).await;
-    eventually("B (new master) and A (restarted) to both hold every key", SETTLE_DEADLINE, async || {
-        let (nb, na) = (b.dbsize().await?, a.dbsize().await?);
-        if nb == KEYS && na == KEYS { Ok(()) } else { Err(format!("B has {nb} keys, A has {na}")) }
-    })
+    eventually(
+        "B (new master) and A (restarted) to both hold every key",
+        SETTLE_DEADLINE,
+        async || {
+            let (nb, na) = (b.dbsize().await?, a.dbsize().await?);
+            if nb == KEYS && na == KEYS {
+                Ok(())
+            } else {
+                Err(format!("B has {nb} keys, A has {na}"))
+            }
+        },
+    )
     .await;
     assert_eq!(b.get("before-999").await.unwrap().as_deref(), Some("999"));
     assert_eq!(a.get("before-0").await.unwrap().as_deref(), Some("0"));
 }
 
 #[tokio::test]
-async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_closed_and_recovery_follows() {
+async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_closed_and_recovery_follows()
+ {
     let wait = Duration::from_secs(1);
     let (mut a, mut b) = master_and_replica().await;
-    let pair = RedisPair::builder().server(&a).server(&b).wait_for_master(wait).start().await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .wait_for_master(wait)
+        .start()
+        .await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
 
     b.kill();
@@ -180,13 +265,23 @@ async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_cl
 
     let s = pair.await_master(None, SETTLE_DEADLINE).await;
     assert_eq!(s.reason(), Some("no-master-reachable"), "{s}");
-    assert_eq!(pair.readyz().await.unwrap(), 503, "/readyz without a master");
+    assert_eq!(
+        pair.readyz().await.unwrap(),
+        503,
+        "/readyz without a master"
+    );
 
     let started = Instant::now();
-    let mut held = pair.proxy_conn().await.expect("the proxy accepts while no master is published");
+    let mut held = pair
+        .proxy_conn()
+        .await
+        .expect("the proxy accepts while no master is published");
     let closed = held.await_closed(wait + Duration::from_secs(3)).await;
     let after = started.elapsed();
-    assert!(closed.is_ok(), "client connection was not closed: {closed:?}");
+    assert!(
+        closed.is_ok(),
+        "client connection was not closed: {closed:?}"
+    );
     assert!(
         after >= wait - Duration::from_millis(100),
         "client was closed after {after:?}, before --wait-for-master {wait:?}"
@@ -196,12 +291,18 @@ async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_cl
 
     let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     assert_eq!(s.reason(), Some("recovered"), "{s}");
-    eventually("/readyz 200 after recovery", SETTLE_DEADLINE, async || match pair.readyz().await? {
-        200 => Ok(()),
-        code => Err(format!("/readyz {code}")),
-    })
+    eventually(
+        "/readyz 200 after recovery",
+        SETTLE_DEADLINE,
+        async || match pair.readyz().await? {
+            200 => Ok(()),
+            code => Err(format!("/readyz {code}")),
+        },
+    )
     .await;
-    let reply = pair.proxy_cmd_eventually(&["SET", "recovered", "yes"], Duration::from_secs(3)).await;
+    let reply = pair
+        .proxy_cmd_eventually(&["SET", "recovered", "yes"], Duration::from_secs(3))
+        .await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(a.get("recovered").await.unwrap().as_deref(), Some("yes"));
 }
@@ -209,7 +310,11 @@ async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_cl
 #[tokio::test]
 async fn replica_with_priority_zero_is_never_promoted() {
     let mut a = RedisServer::master().await;
-    let b = RedisServer::builder().replica_of(&a).priority(0).start().await;
+    let b = RedisServer::builder()
+        .replica_of(&a)
+        .priority(0)
+        .start()
+        .await;
     b.await_replicating_from(&a).await;
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
@@ -218,24 +323,48 @@ async fn replica_with_priority_zero_is_never_promoted() {
 
     // Long enough for down-after plus many probe rounds: a promotion would have happened.
     let window = pair.down_after + pair.probe_interval * 10 + Duration::from_millis(500);
-    always("the priority-0 replica B is never published as master", window, async || {
-        let s = pair.status().await?;
-        if s.master() == Some(&b.addr()) { Err(s.to_string()) } else { Ok(()) }
-    })
+    always(
+        "the priority-0 replica B is never published as master",
+        window,
+        async || {
+            let s = pair.status().await?;
+            if s.master() == Some(&b.addr()) {
+                Err(s.to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
     let r = b.replication().await.unwrap();
-    assert_eq!(r.role, "slave", "B must still be a replica in redis itself: {r:?}");
+    assert_eq!(
+        r.role, "slave",
+        "B must still be a replica in redis itself: {r:?}"
+    );
     let s = pair.status().await.unwrap();
-    assert_eq!(s.master(), None, "with A dead and B priority 0 there is no master: {s}");
+    assert_eq!(
+        s.master(),
+        None,
+        "with A dead and B priority 0 there is no master: {s}"
+    );
 }
 
 #[tokio::test]
 async fn priority_zero_replica_is_skipped_for_a_normal_replica() {
     let mut a = RedisServer::master().await;
-    let b = RedisServer::builder().replica_of(&a).priority(0).start().await;
+    let b = RedisServer::builder()
+        .replica_of(&a)
+        .priority(0)
+        .start()
+        .await;
     let c = RedisServer::replica(&a).await;
     b.await_replicating_from(&a).await;
-    let pair = RedisPair::builder().server(&a).server(&b).server(&c).start().await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .server(&c)
+        .start()
+        .await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
 
     a.kill();
@@ -243,7 +372,11 @@ async fn priority_zero_replica_is_skipped_for_a_normal_replica() {
     let s = pair.await_master(Some(&c.addr()), SETTLE_DEADLINE).await;
     assert_eq!(s.reason(), Some("master-down"), "{s}");
     assert_eq!(c.replication().await.unwrap().role, "master");
-    assert_eq!(b.replication().await.unwrap().role, "slave", "B (priority 0) must stay a replica");
+    assert_eq!(
+        b.replication().await.unwrap().role,
+        "slave",
+        "B (priority 0) must stay a replica"
+    );
 }
 
 #[tokio::test]
@@ -256,24 +389,37 @@ async fn startup_keeps_existing_topology_without_replicaof_or_resync() {
     let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     assert_eq!(s.epoch(), 1, "first publication is epoch 1: {s}");
 
-    always("B keeps replicating from A with its link up", Duration::from_secs(1), async || {
-        let r = b.replication().await?;
-        if r.role == "slave" && r.master.as_deref() == Some(&a.addr()) && r.link_up {
-            Ok(())
-        } else {
-            Err(format!("{r:?}"))
-        }
-    })
+    always(
+        "B keeps replicating from A with its link up",
+        Duration::from_secs(1),
+        async || {
+            let r = b.replication().await?;
+            if r.role == "slave" && r.master.as_deref() == Some(&a.addr()) && r.link_up {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
     .await;
 
     let s = pair.status().await.unwrap();
     assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
     assert_eq!(s.epoch(), 1, "no failover may happen at startup: {s}");
-    assert_eq!(a.info("stats").await.unwrap()["sync_full"], syncs_before, "no new full resync on A");
+    assert_eq!(
+        a.info("stats").await.unwrap()["sync_full"],
+        syncs_before,
+        "no new full resync on A"
+    );
     for server in [&a, &b] {
         let stats = server.info("commandstats").await.unwrap();
         for cmd in ["cmdstat_replicaof", "cmdstat_slaveof"] {
-            assert!(!stats.contains_key(cmd), "{} received {cmd}: {:?}", server.addr(), stats.get(cmd));
+            assert!(
+                !stats.contains_key(cmd),
+                "{} received {cmd}: {:?}",
+                server.addr(),
+                stats.get(cmd)
+            );
         }
     }
 }
@@ -291,9 +437,11 @@ async fn two_masters_at_startup_keep_the_one_with_more_keys() {
     pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
     await_follows(&a, &b).await;
     await_status_replica(&pair, &a, &b).await;
-    eventually("A to hold B's 50 keys", SETTLE_DEADLINE, async || match a.dbsize().await? {
-        50 => Ok(()),
-        n => Err(format!("A has {n} keys")),
+    eventually("A to hold B's 50 keys", SETTLE_DEADLINE, async || {
+        match a.dbsize().await? {
+            50 => Ok(()),
+            n => Err(format!("A has {n} keys")),
+        }
     })
     .await;
     assert_eq!(a.get("b-49").await.unwrap().as_deref(), Some("49"));
@@ -328,10 +476,18 @@ fn spawn_writer(proxy: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
 }
 
 async fn await_acked(acked_from: &RedisServer, min: i64) {
-    eventually(&format!("at least {min} acknowledged writes"), SETTLE_DEADLINE, async || {
-        let n = acked_from.dbsize().await?;
-        if n >= min { Ok(()) } else { Err(format!("{n} keys")) }
-    })
+    eventually(
+        &format!("at least {min} acknowledged writes"),
+        SETTLE_DEADLINE,
+        async || {
+            let n = acked_from.dbsize().await?;
+            if n >= min {
+                Ok(())
+            } else {
+                Err(format!("{n} keys"))
+            }
+        },
+    )
     .await
 }
 
@@ -339,7 +495,10 @@ async fn await_acked(acked_from: &RedisServer, min: i64) {
 async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
     let (a, b) = master_and_replica().await;
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
-    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(pair.proxy_addr().to_string(), stop.clone());
@@ -361,14 +520,23 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
         let mut mget = vec!["MGET".to_string()];
         mget.extend(chunk.iter().map(|i| format!("k{i}")));
         let reply = c.cmd(&mget).await.unwrap();
-        let values = reply.items().unwrap_or_else(|| panic!("MGET → {}", reply.brief())).to_vec();
+        let values = reply
+            .items()
+            .unwrap_or_else(|| panic!("MGET → {}", reply.brief()))
+            .to_vec();
         for (i, v) in chunk.iter().zip(values) {
             if v.text() != Some(i.to_string()) {
                 lost.push(*i);
             }
         }
     }
-    assert!(lost.is_empty(), "{} of {} acknowledged writes missing on B, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes missing on B, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
 
     let s = pair.status().await.unwrap();
     assert_failover(&s, &a.addr(), &b.addr(), "switchover", epoch + 1);
@@ -381,14 +549,24 @@ async fn switchover_to_a_named_target_promotes_that_replica() {
     let a = RedisServer::master().await;
     let b = RedisServer::replica(&a).await;
     let c = RedisServer::replica(&a).await;
-    let pair = RedisPair::builder().server(&a).server(&b).server(&c).start().await;
-    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .server(&c)
+        .start()
+        .await;
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
 
     let (code, body) = pair.switchover(Some(&c.addr())).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["master"].as_str(), Some(c.addr().as_str()), "{body}");
 
-    let s = pair.await_master(Some(&c.addr()), Duration::from_secs(1)).await;
+    let s = pair
+        .await_master(Some(&c.addr()), Duration::from_secs(1))
+        .await;
     assert_failover(&s, &a.addr(), &c.addr(), "switchover", epoch + 1);
     assert_eq!(c.replication().await.unwrap().role, "master");
     await_follows(&a, &c).await;
@@ -398,15 +576,25 @@ async fn switchover_to_a_named_target_promotes_that_replica() {
 async fn switchover_to_an_unknown_target_is_refused_with_409() {
     let (a, b) = master_and_replica().await;
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
-    let epoch = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await.epoch();
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
 
     let (code, body) = pair.switchover(Some("127.0.0.1:1")).await;
     assert_eq!(code, 409, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "409 body needs an error: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "409 body needs an error: {body}"
+    );
 
     let s = pair.status().await.unwrap();
     assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
-    assert_eq!(s.epoch(), epoch, "a refused switchover must not change the epoch: {s}");
+    assert_eq!(
+        s.epoch(),
+        epoch,
+        "a refused switchover must not change the epoch: {s}"
+    );
     assert_eq!(a.replication().await.unwrap().role, "master");
 }
 
@@ -417,7 +605,10 @@ async fn failover_closes_client_connections_to_the_old_master() {
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
 
     let mut old = pair.proxy_conn().await.unwrap();
-    assert_eq!(old.cmd(&["PING"]).await.unwrap(), Resp::Simple("PONG".into()));
+    assert_eq!(
+        old.cmd(&["PING"]).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
 
     // SIGSTOP rather than SIGKILL: a killed master closes its sockets itself, a hung one does
     // not, so only this proves that the proxy closes the client's connection on a failover.
@@ -425,9 +616,14 @@ async fn failover_closes_client_connections_to_the_old_master() {
     pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
 
     let closed = old.await_closed(Duration::from_secs(3)).await;
-    assert!(closed.is_ok(), "the connection proxied to the old master must be closed: {closed:?}");
+    assert!(
+        closed.is_ok(),
+        "the connection proxied to the old master must be closed: {closed:?}"
+    );
 
-    let reply = pair.proxy_cmd_eventually(&["SET", "after-close", "1"], Duration::from_secs(3)).await;
+    let reply = pair
+        .proxy_cmd_eventually(&["SET", "after-close", "1"], Duration::from_secs(3))
+        .await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(b.get("after-close").await.unwrap().as_deref(), Some("1"));
 }
@@ -435,7 +631,11 @@ async fn failover_closes_client_connections_to_the_old_master() {
 #[tokio::test]
 async fn replica_without_masterauth_gets_a_warning_in_status() {
     let a = RedisServer::builder().requirepass("s3cret").start().await;
-    let b = RedisServer::builder().replica_of(&a).requirepass("s3cret").start().await;
+    let b = RedisServer::builder()
+        .replica_of(&a)
+        .requirepass("s3cret")
+        .start()
+        .await;
     let pair = RedisPair::builder()
         .server(&a)
         .server(&b)
@@ -443,16 +643,25 @@ async fn replica_without_masterauth_gets_a_warning_in_status() {
         .start()
         .await;
 
-    eventually("a masterauth warning on B in /status", SETTLE_DEADLINE, async || {
-        let s = pair.status().await?;
-        let warnings = s.server(&b.addr())["warnings"].clone();
-        let mentions = warnings
-            .as_array()
-            .is_some_and(|w| w.iter().any(|x| x.as_str().is_some_and(|t| t.contains("masterauth"))));
-        if mentions { Ok(()) } else { Err(s.to_string()) }
-    })
+    eventually(
+        "a masterauth warning on B in /status",
+        SETTLE_DEADLINE,
+        async || {
+            let s = pair.status().await?;
+            let warnings = s.server(&b.addr())["warnings"].clone();
+            let mentions = warnings.as_array().is_some_and(|w| {
+                w.iter()
+                    .any(|x| x.as_str().is_some_and(|t| t.contains("masterauth")))
+            });
+            if mentions { Ok(()) } else { Err(s.to_string()) }
+        },
+    )
     .await;
     let s = pair.status().await.unwrap();
     assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
-    assert_eq!(s.server(&b.addr())["link_up"], false, "B cannot authenticate to A: {s}");
+    assert_eq!(
+        s.server(&b.addr())["link_up"],
+        false,
+        "B cannot authenticate to A: {s}"
+    );
 }

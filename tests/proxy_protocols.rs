@@ -25,13 +25,23 @@ async fn pubsub_message_published_on_the_master_reaches_a_subscriber_through_the
     let (a, _b, pair) = proxied_pair().await;
     let mut sub = pair.proxy_conn().await.unwrap();
     let confirm = sub.cmd(&["SUBSCRIBE", "news"]).await.unwrap();
-    assert_eq!(confirm, Resp::Array(vec![bulk("subscribe"), bulk("news"), Resp::Int(1)]));
+    assert_eq!(
+        confirm,
+        Resp::Array(vec![bulk("subscribe"), bulk("news"), Resp::Int(1)])
+    );
 
     let receivers = a.cmd(&["PUBLISH", "news", "hello"]).await.unwrap();
-    assert_eq!(receivers, Resp::Int(1), "the proxied subscriber must be subscribed on the master");
+    assert_eq!(
+        receivers,
+        Resp::Int(1),
+        "the proxied subscriber must be subscribed on the master"
+    );
 
     let msg = sub.read_within(Duration::from_secs(3)).await.unwrap();
-    assert_eq!(msg, Resp::Array(vec![bulk("message"), bulk("news"), bulk("hello")]));
+    assert_eq!(
+        msg,
+        Resp::Array(vec![bulk("message"), bulk("news"), bulk("hello")])
+    );
 }
 
 #[tokio::test]
@@ -40,14 +50,24 @@ async fn blpop_through_the_proxy_is_woken_by_a_push_on_the_master() {
     let mut waiter = pair.proxy_conn().await.unwrap();
     waiter.send(&["BLPOP", "queue", "10"]).await.unwrap();
 
-    eventually("the BLPOP to be blocked on the master", SETTLE_DEADLINE, async || {
-        match a.info("clients").await?.get("blocked_clients").map(String::as_str) {
+    eventually(
+        "the BLPOP to be blocked on the master",
+        SETTLE_DEADLINE,
+        async || match a
+            .info("clients")
+            .await?
+            .get("blocked_clients")
+            .map(String::as_str)
+        {
             Some("1") => Ok(()),
             other => Err(format!("blocked_clients = {other:?}")),
-        }
-    })
+        },
+    )
     .await;
-    assert_eq!(a.cmd(&["LPUSH", "queue", "job-1"]).await.unwrap(), Resp::Int(1));
+    assert_eq!(
+        a.cmd(&["LPUSH", "queue", "job-1"]).await.unwrap(),
+        Resp::Int(1)
+    );
 
     let popped = waiter.read_within(Duration::from_secs(3)).await.unwrap();
     assert_eq!(popped, Resp::Array(vec![bulk("queue"), bulk("job-1")]));
@@ -58,12 +78,21 @@ async fn multi_exec_through_the_proxy_runs_the_queued_commands() {
     let (a, _b, pair) = proxied_pair().await;
     let mut c = pair.proxy_conn().await.unwrap();
     assert!(c.cmd(&["MULTI"]).await.unwrap().is_ok());
-    assert_eq!(c.cmd(&["SET", "tx", "1"]).await.unwrap(), Resp::Simple("QUEUED".into()));
-    assert_eq!(c.cmd(&["INCR", "tx"]).await.unwrap(), Resp::Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["SET", "tx", "1"]).await.unwrap(),
+        Resp::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        c.cmd(&["INCR", "tx"]).await.unwrap(),
+        Resp::Simple("QUEUED".into())
+    );
     // Nothing is applied before EXEC.
     assert_eq!(a.get("tx").await.unwrap(), None);
     let exec = c.cmd(&["EXEC"]).await.unwrap();
-    assert_eq!(exec, Resp::Array(vec![Resp::Simple("OK".into()), Resp::Int(2)]));
+    assert_eq!(
+        exec,
+        Resp::Array(vec![Resp::Simple("OK".into()), Resp::Int(2)])
+    );
     assert_eq!(a.get("tx").await.unwrap().as_deref(), Some("2"));
 }
 
@@ -71,10 +100,16 @@ async fn multi_exec_through_the_proxy_runs_the_queued_commands() {
 async fn pipeline_of_1000_commands_through_the_proxy_gets_every_reply_in_order() {
     let (a, _b, pair) = proxied_pair().await;
     let mut c = pair.proxy_conn().await.unwrap();
-    let cmds: Vec<Vec<String>> = (0..1000).map(|_| vec!["INCR".into(), "counter".into()]).collect();
+    let cmds: Vec<Vec<String>> = (0..1000)
+        .map(|_| vec!["INCR".into(), "counter".into()])
+        .collect();
     let replies = c.pipeline(&cmds).await.unwrap();
     let expected: Vec<Resp> = (1..=1000).map(Resp::Int).collect();
-    assert!(replies == expected, "replies out of order or wrong: first {:?}", &replies[..5]);
+    assert!(
+        replies == expected,
+        "replies out of order or wrong: first {:?}",
+        &replies[..5]
+    );
     assert_eq!(a.get("counter").await.unwrap().as_deref(), Some("1000"));
 }
 
@@ -95,9 +130,16 @@ async fn four_mib_value_round_trips_through_the_proxy() {
     let mut c = pair.proxy_conn().await.unwrap();
     let set = c.cmd(&[b"SET".as_slice(), b"big", &value]).await.unwrap();
     assert!(set.is_ok(), "{}", set.brief());
-    assert_eq!(a.cmd(&["STRLEN", "big"]).await.unwrap(), Resp::Int(value.len() as i64));
+    assert_eq!(
+        a.cmd(&["STRLEN", "big"]).await.unwrap(),
+        Resp::Int(value.len() as i64)
+    );
     let got = c.cmd(&["GET", "big"]).await.unwrap();
-    assert!(got == Resp::Bulk(value), "GET returned {} instead of the 4 MiB value", got.brief());
+    assert!(
+        got == Resp::Bulk(value),
+        "GET returned {} instead of the 4 MiB value",
+        got.brief()
+    );
 }
 
 #[tokio::test]
@@ -105,9 +147,17 @@ async fn hello_3_switches_the_proxied_connection_to_resp3() {
     let (_a, _b, pair) = proxied_pair().await;
     let mut c: Conn = pair.proxy_conn().await.unwrap();
     let hello = c.cmd(&["HELLO", "3"]).await.unwrap();
-    assert_eq!(hello.map_get("proto"), Some(&Resp::Int(3)), "HELLO 3 reply: {hello:?}");
+    assert_eq!(
+        hello.map_get("proto"),
+        Some(&Resp::Int(3)),
+        "HELLO 3 reply: {hello:?}"
+    );
 
     assert_eq!(c.cmd(&["HSET", "h", "f", "v"]).await.unwrap(), Resp::Int(1));
     let all = c.cmd(&["HGETALL", "h"]).await.unwrap();
-    assert_eq!(all, Resp::Map(vec![(bulk("f"), bulk("v"))]), "HGETALL must be a RESP3 map");
+    assert_eq!(
+        all,
+        Resp::Map(vec![(bulk("f"), bulk("v"))]),
+        "HGETALL must be a RESP3 map"
+    );
 }

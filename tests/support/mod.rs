@@ -80,7 +80,10 @@ pub async fn always(
         checks += 1;
         tokio::time::sleep(POLL_EVERY).await;
     }
-    assert!(checks >= 2, "invariant `{what}` was checked only {checks} times in {window:?}");
+    assert!(
+        checks >= 2,
+        "invariant `{what}` was checked only {checks} times in {window:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,18 +127,26 @@ impl Drop for TestDir {
 /// A port that was free a moment ago. Races with other processes are possible, so every
 /// fixture retries with a new port when its process fails to bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// Two distinct free ports (held together while choosing so they differ).
 pub fn free_ports2() -> (u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     let b = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -291,17 +302,28 @@ impl RedisServer {
         if let Some(pw) = &self.config.masterauth {
             cmd.args(["--masterauth", pw]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("spawn redis-server: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
         self.child = Some(child);
         self.stopped = false;
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
-                return Err(format!("redis-server exited with {status}:\n{}", log_tail(&self.log_path(), 20)));
+                return Err(format!(
+                    "redis-server exited with {status}:\n{}",
+                    log_tail(&self.log_path(), 20)
+                ));
             }
             if let Ok(mut c) = self.conn().await {
                 if matches!(c.cmd(&["PING"]).await, Ok(Resp::Simple(ref s)) if s == "PONG") {
@@ -310,7 +332,11 @@ impl RedisServer {
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(format!("redis-server on {} did not answer PING in time:\n{}", self.addr(), log_tail(&self.log_path(), 20)));
+                return Err(format!(
+                    "redis-server on {} did not answer PING in time:\n{}",
+                    self.addr(),
+                    log_tail(&self.log_path(), 20)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -327,14 +353,20 @@ impl RedisServer {
 
     /// SIGSTOP: the process keeps its sockets but answers nothing.
     pub fn stop(&mut self) {
-        let child = self.child.as_ref().expect("stop() on a server that is not running");
+        let child = self
+            .child
+            .as_ref()
+            .expect("stop() on a server that is not running");
         signal(child, libc::SIGSTOP);
         self.stopped = true;
     }
 
     /// SIGCONT after `stop`.
     pub fn cont(&mut self) {
-        let child = self.child.as_ref().expect("cont() on a server that is not running");
+        let child = self
+            .child
+            .as_ref()
+            .expect("cont() on a server that is not running");
         signal(child, libc::SIGCONT);
         self.stopped = false;
     }
@@ -355,21 +387,33 @@ impl RedisServer {
 
     /// One command on a fresh connection, as a `Result<_, String>` for use in conditions.
     pub async fn cmd(&self, args: &[&str]) -> Result<Resp, String> {
-        let mut c = self.conn().await.map_err(|e| format!("{}: {e}", self.addr()))?;
-        c.cmd(args).await.map_err(|e| format!("{} {args:?}: {e}", self.addr()))
+        let mut c = self
+            .conn()
+            .await
+            .map_err(|e| format!("{}: {e}", self.addr()))?;
+        c.cmd(args)
+            .await
+            .map_err(|e| format!("{} {args:?}: {e}", self.addr()))
     }
 
     /// `INFO <section>` parsed into field → value.
     pub async fn info(&self, section: &str) -> Result<HashMap<String, String>, String> {
         match self.cmd(&["INFO", section]).await? {
             r @ (Resp::Bulk(_) | Resp::Other(_)) => Ok(parse_info(&r.text().unwrap_or_default())),
-            other => Err(format!("{}: INFO {section} → {}", self.addr(), other.brief())),
+            other => Err(format!(
+                "{}: INFO {section} → {}",
+                self.addr(),
+                other.brief()
+            )),
         }
     }
 
     pub async fn replication(&self) -> Result<Replication, String> {
         let info = self.info("replication").await?;
-        let role = info.get("role").cloned().ok_or_else(|| format!("{}: no role in INFO", self.addr()))?;
+        let role = info
+            .get("role")
+            .cloned()
+            .ok_or_else(|| format!("{}: no role in INFO", self.addr()))?;
         let master = match (info.get("master_host"), info.get("master_port")) {
             (Some(h), Some(p)) => Some(format!("{h}:{p}")),
             _ => None,
@@ -377,8 +421,14 @@ impl RedisServer {
         Ok(Replication {
             role,
             master,
-            link_up: info.get("master_link_status").map(|s| s == "up").unwrap_or(false),
-            offset: info.get("master_repl_offset").and_then(|s| s.parse().ok()).unwrap_or(-1),
+            link_up: info
+                .get("master_link_status")
+                .map(|s| s == "up")
+                .unwrap_or(false),
+            offset: info
+                .get("master_repl_offset")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1),
         })
     }
 
@@ -399,21 +449,34 @@ impl RedisServer {
 
     /// Writes `n` keys `{prefix}{i}` = `i` in one pipeline.
     pub async fn fill(&self, prefix: &str, n: usize) {
-        let cmds: Vec<Vec<String>> =
-            (0..n).map(|i| vec!["SET".into(), format!("{prefix}{i}"), i.to_string()]).collect();
+        let cmds: Vec<Vec<String>> = (0..n)
+            .map(|i| vec!["SET".into(), format!("{prefix}{i}"), i.to_string()])
+            .collect();
         let mut c = self.conn().await.expect("connect for fill");
         let replies = c.pipeline(&cmds).await.expect("fill pipeline");
-        assert!(replies.iter().all(Resp::is_ok), "fill on {} got non-OK replies", self.addr());
+        assert!(
+            replies.iter().all(Resp::is_ok),
+            "fill on {} got non-OK replies",
+            self.addr()
+        );
     }
 
     /// Waits until this server is a replica of `master` with its link up and the same
     /// replication offset as the master (the initial sync and everything since has arrived).
     pub async fn await_replicating_from(&self, master: &RedisServer) {
-        let what = format!("{} replicating from {} and caught up", self.addr(), master.addr());
+        let what = format!(
+            "{} replicating from {} and caught up",
+            self.addr(),
+            master.addr()
+        );
         eventually(&what, SETTLE_DEADLINE, async || {
             let r = self.replication().await?;
             let m = master.replication().await?;
-            if r.role == "slave" && r.master.as_deref() == Some(&master.addr()) && r.link_up && r.offset == m.offset {
+            if r.role == "slave"
+                && r.master.as_deref() == Some(&master.addr())
+                && r.link_up
+                && r.offset == m.offset
+            {
                 Ok(())
             } else {
                 Err(format!("replica {r:?}, master {m:?}"))
@@ -431,7 +494,11 @@ impl Drop for RedisServer {
             }
         }
         if std::thread::panicking() && self.log_path().exists() {
-            eprintln!("[harness] redis-server {} log tail:\n{}", self.addr(), log_tail(&self.log_path(), 15));
+            eprintln!(
+                "[harness] redis-server {} log tail:\n{}",
+                self.addr(),
+                log_tail(&self.log_path(), 15)
+            );
         }
         self.kill();
     }
@@ -453,24 +520,34 @@ pub fn parse_info(text: &str) -> HashMap<String, String> {
 /// One HTTP/1.0 request with `Connection: close`; returns (status code, body).
 pub async fn http(method: &str, addr: &str, path: &str) -> Result<(u16, String), String> {
     let exchange = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let req = format!(
             "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+        s.read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         parse_http_response(&raw)
     };
     match tokio::time::timeout(Duration::from_secs(10), exchange).await {
         Ok(r) => r.map_err(|e| format!("{method} http://{addr}{path}: {e}")),
-        Err(_) => Err(format!("{method} http://{addr}{path}: no response within 10s")),
+        Err(_) => Err(format!(
+            "{method} http://{addr}{path}: no response within 10s"
+        )),
     }
 }
 
 pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed response {text:?}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed response {text:?}"))?;
     let status = head
         .lines()
         .next()
@@ -481,7 +558,11 @@ pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -507,7 +588,9 @@ impl Status {
         self.0["master"].as_str()
     }
     pub fn epoch(&self) -> u64 {
-        self.0["epoch"].as_u64().unwrap_or_else(|| panic!("no numeric epoch in /status: {self}"))
+        self.0["epoch"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no numeric epoch in /status: {self}"))
     }
     /// The entry of `servers` whose address is `addr` (panics when absent: a contract breach).
     pub fn server(&self, addr: &str) -> &Value {
@@ -636,10 +719,16 @@ impl PairBuilder {
             };
             match pair.await_ready().await {
                 Ok(()) => return pair,
-                Err(e) if e.contains("exited") && pair.log_text().to_lowercase().contains("in use") => {
+                Err(e)
+                    if e.contains("exited")
+                        && pair.log_text().to_lowercase().contains("in use") =>
+                {
                     last = e; // a port race with another test: try new ports
                 }
-                Err(e) => panic!("redis-pair did not become ready: {e}\nlog:\n{}", log_tail(&pair.log, 60)),
+                Err(e) => panic!(
+                    "redis-pair did not become ready: {e}\nlog:\n{}",
+                    log_tail(&pair.log, 60)
+                ),
             }
         }
         panic!("redis-pair could not bind its ports after 3 attempts: {last}");
@@ -686,7 +775,11 @@ impl RedisPair {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut last;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return Err(format!("redis-pair exited early with {status}"));
             }
@@ -696,14 +789,18 @@ impl RedisPair {
                 Err(e) => last = e,
             }
             if Instant::now() > deadline {
-                return Err(format!("not ready after {STARTUP_DEADLINE:?}; last: {last}"));
+                return Err(format!(
+                    "not ready after {STARTUP_DEADLINE:?}; last: {last}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     pub async fn readyz(&self) -> Result<u16, String> {
-        http("GET", &self.admin, "/readyz").await.map(|(code, _)| code)
+        http("GET", &self.admin, "/readyz")
+            .await
+            .map(|(code, _)| code)
     }
 
     pub async fn status(&self) -> Result<Status, String> {
@@ -711,7 +808,9 @@ impl RedisPair {
         if code != 200 {
             return Err(format!("/status answered {code}: {body}"));
         }
-        serde_json::from_str(&body).map(Status).map_err(|e| format!("/status is not JSON ({e}): {body}"))
+        serde_json::from_str(&body)
+            .map(Status)
+            .map_err(|e| format!("/status is not JSON ({e}): {body}"))
     }
 
     pub async fn metrics(&self) -> Result<String, String> {
@@ -727,9 +826,12 @@ impl RedisPair {
             Some(t) => format!("/switchover?target={t}"),
             None => "/switchover".to_string(),
         };
-        let (code, body) = http("POST", &self.admin, &path).await.unwrap_or_else(|e| panic!("{e}"));
-        let json = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("POST {path} answered {code} with a non-JSON body ({e}): {body:?}"));
+        let (code, body) = http("POST", &self.admin, &path)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("POST {path} answered {code} with a non-JSON body ({e}): {body:?}")
+        });
         (code, json)
     }
 
@@ -738,7 +840,11 @@ impl RedisPair {
         let what = format!("/status master == {master:?}");
         eventually(&what, within, async || {
             let s = self.status().await?;
-            if s.master() == master { Ok(s) } else { Err(s.to_string()) }
+            if s.master() == master {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
         })
         .await
     }
@@ -753,7 +859,10 @@ impl RedisPair {
     pub async fn proxy_cmd_eventually(&self, args: &[&str], within: Duration) -> Resp {
         let what = format!("{args:?} through the proxy to succeed");
         eventually(&what, within, async || {
-            let mut c = self.proxy_conn().await.map_err(|e| format!("connect: {e}"))?;
+            let mut c = self
+                .proxy_conn()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             match c.cmd(args).await {
                 Ok(Resp::Error(e)) => Err(format!("server error: {e}")),
                 Ok(r) => Ok(r),
@@ -779,7 +888,11 @@ impl Drop for RedisPair {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("[harness] redis-pair log tail ({}):\n{}", self.log.display(), log_tail(&self.log, 80));
+            eprintln!(
+                "[harness] redis-pair log tail ({}):\n{}",
+                self.log.display(),
+                log_tail(&self.log, 80)
+            );
         }
     }
 }

@@ -100,10 +100,15 @@ impl Conn {
     pub async fn connect(addr: &str) -> io::Result<Conn> {
         let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect {addr} timed out")))??;
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, format!("connect {addr} timed out"))
+            })??;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
-        Ok(Conn { reader: BufReader::with_capacity(64 * 1024, r), writer: w })
+        Ok(Conn {
+            reader: BufReader::with_capacity(64 * 1024, r),
+            writer: w,
+        })
     }
 
     /// Connects and authenticates with `AUTH password` when a password is given.
@@ -112,7 +117,12 @@ impl Conn {
         if let Some(pw) = password {
             match conn.cmd(&["AUTH", pw]).await? {
                 r if r.is_ok() => {}
-                other => return Err(io::Error::other(format!("AUTH on {addr}: {}", other.brief()))),
+                other => {
+                    return Err(io::Error::other(format!(
+                        "AUTH on {addr}: {}",
+                        other.brief()
+                    )));
+                }
             }
         }
         Ok(conn)
@@ -137,7 +147,10 @@ impl Conn {
     pub async fn read_within(&mut self, within: Duration) -> io::Result<Resp> {
         match tokio::time::timeout(within, self.read()).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no reply within {within:?}"))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within {within:?}"),
+            )),
         }
     }
 
@@ -196,10 +209,16 @@ async fn read_line(r: &mut BufReader<OwnedReadHalf>) -> io::Result<String> {
     let mut line = Vec::new();
     let n = r.read_until(b'\n', &mut line).await?;
     if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     if !line.ends_with(b"\r\n") {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed mid-reply",
+        ));
     }
     line.truncate(line.len() - 2);
     String::from_utf8(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
