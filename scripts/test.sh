@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints and every test (unit, property, and end to end against
+# real redis-server processes on loopback). CI runs exactly this (.ci/run).
+# On a fresh Debian machine it installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null; then
+  echo "==> installing redis-server (Debian package)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --profile ci
+else
+  cargo test --locked
+fi
