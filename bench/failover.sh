@@ -179,7 +179,9 @@ run_round() { # system fault round
   local wpid=$!; BENCH_PIDS+=("$wpid")
   sleep 1.5
 
-  local t_fault; t_fault=$(now_ns)
+  # t_fault: just before the signal; t_sent_after: just after it. Recovery counts from t_fault to
+  # the ack of the first write *sent* after t_sent_after, which the old master cannot have served.
+  local t_fault=${EPOCHREALTIME//[.,]/}000 t_sent_after
   case $fault in
     kill) kill -KILL "${SRV_PID[$master]}" ;;
     stop) kill -STOP "${SRV_PID[$master]}" ;;
@@ -194,9 +196,10 @@ run_round() { # system fault round
       fi
       op_ms=$(( ($(now_ns) - t_fault) / 1000000 )) ;;
   esac
+  t_sent_after=${EPOCHREALTIME//[.,]/}000
 
   # wait until writes flow again (a write sent after the fault was acknowledged)
-  if ! wait_until "$RECOVERY_LIMIT_S" first_ack_after "$wlog" "$t_fault"; then
+  if ! wait_until "$RECOVERY_LIMIT_S" first_ack_after "$wlog" "$t_sent_after"; then
     note+="no write acked within ${RECOVERY_LIMIT_S}s;"
   fi
   [ "$sys" = sentinel ] && LAST_SENTINEL_FAILOVER=$(now_ns)
@@ -231,7 +234,7 @@ run_round() { # system fault round
   if [ "$(role_of "$a")" = master ] && [ "$(role_of "$b")" = master ]; then note+="two masters at the end;"; fi
   [[ "$fm" =~ ^[0-9]+$ ]] || { note+="no master published at the end;"; fm=$replica; }
   rcli "$fm" --scan --pattern "${prefix}*" >"$OUT/keys-$sys-$fault-$round.txt" 2>/dev/null || true
-  local res; res=$(python3 "$BENCH_DIR/failover_analyze.py" "$wlog" "$t_fault" "$prefix" "$OUT/keys-$sys-$fault-$round.txt")
+  local res; res=$(python3 "$BENCH_DIR/failover_analyze.py" "$wlog" "$t_fault" "$t_sent_after" "$prefix" "$OUT/keys-$sys-$fault-$round.txt")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$fault" "$round" "$res" "$op_ms" "$settle_ms" "${note:--}" >>"$OUT/results.tsv"
   log "  $(printf '%-10s %-10s' "$sys" "$fault") round $round: recovery_ms max_gap_ms acked failed lost_pre lost_all = $(echo "$res" | tr '\t' ' ') op_ms=$op_ms settle_ms=$settle_ms ${note}"
 

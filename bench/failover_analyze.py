@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Analyse one failover round from the writer's log (see examples/failover_writer.rs).
 
-usage: failover_analyze.py WRITER_LOG T_FAULT_NS PREFIX KEYS_FILE
+usage: failover_analyze.py WRITER_LOG T_FAULT_NS T_SENT_AFTER_NS PREFIX KEYS_FILE
+  T_FAULT_NS: just before the signal/call; T_SENT_AFTER_NS: just after the signal was sent.
   KEYS_FILE: the keys present on the final master (one per line, `redis-cli --scan` output).
 Prints one TSV line:
   recovery_ms  max_gap_ms  acked  failed  lost_pre  lost_all
-recovery_ms: from the fault to the ack of the first write *sent* after the fault (so it cannot
+recovery_ms: from T_FAULT to the ack of the first write *sent* after T_SENT_AFTER (so it cannot
   have been answered by the old master before it died or hung); NA if none.
 max_gap_ms: the longest time between two consecutive acks from 1 s before the fault onwards
   (for a planned switchover this is the write pause the clients saw).
@@ -14,7 +15,7 @@ lost_all: writes acknowledged at any time in the round that the final master lac
 """
 import sys
 
-log, t_fault, prefix, keys_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+log, t_fault, t_after, prefix, keys_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 acks = []  # (seq, sent, ack)
 failed = 0
 for line in open(log):
@@ -34,7 +35,7 @@ for k in open(keys_file):
         except ValueError:
             pass
 
-after = [a for a in acks if a[1] > t_fault]
+after = [a for a in acks if a[1] > t_after]
 recovery = f"{(after[0][2] - t_fault) / 1e6:.0f}" if after else "NA"
 times = sorted(a[2] for a in acks if a[2] >= t_fault - 1_000_000_000)
 gaps = [b - a for a, b in zip(times, times[1:])]
