@@ -448,9 +448,13 @@ async fn two_masters_at_startup_keep_the_one_with_more_keys() {
     assert_eq!(b.dbsize().await.unwrap(), 50, "B's data is kept");
 }
 
-/// Writes `SET k<i> i` through the proxy as fast as it can, reconnecting after any error, and
-/// returns the indices of the writes that were acknowledged with +OK.
-fn spawn_writer(proxy: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u64>> {
+/// Writes `SET <name>-<i> <name>-<i>` through the proxy as fast as it can, reconnecting after
+/// any error, and returns the keys whose write was acknowledged with +OK.
+fn spawn_writer(
+    proxy: String,
+    name: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut conn: Option<Conn> = None;
@@ -464,9 +468,9 @@ fn spawn_writer(proxy: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let (key, val) = (format!("k{i}"), i.to_string());
-            match c.cmd(&["SET", key.as_str(), val.as_str()]).await {
-                Ok(r) if r.is_ok() => acked.push(i),
+            let key = format!("{name}-{i}");
+            match c.cmd(&["SET", key.as_str(), key.as_str()]).await {
+                Ok(r) if r.is_ok() => acked.push(key),
                 Ok(_) | Err(_) => conn = None, // not acknowledged: may or may not be stored
             }
             i += 1;
@@ -500,8 +504,12 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
         .await
         .epoch();
 
+    // Several writers keep more writes in flight at the moment of the switch, which is where
+    // an unsafe switchover (no pause, no catch-up) loses acknowledged writes.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(pair.proxy_addr().to_string(), stop.clone());
+    let writers: Vec<_> = (0..4)
+        .map(|w| spawn_writer(pair.proxy_addr().to_string(), format!("w{w}"), stop.clone()))
+        .collect();
     await_acked(&a, 200).await;
 
     let (code, body) = pair.switchover(None).await;
@@ -510,23 +518,26 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
     assert_eq!(body["epoch"].as_u64(), Some(epoch + 1), "{body}");
 
     let keys_at_switch = b.dbsize().await.unwrap();
-    await_acked(&b, keys_at_switch + 200).await; // the writer goes on against B
+    await_acked(&b, keys_at_switch + 200).await; // the writers go on against B
     stop.store(true, Ordering::SeqCst);
-    let acked = writer.await.expect("writer task");
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer task"));
+    }
 
     let mut c = b.conn().await.unwrap();
     let mut lost = Vec::new();
     for chunk in acked.chunks(500) {
         let mut mget = vec!["MGET".to_string()];
-        mget.extend(chunk.iter().map(|i| format!("k{i}")));
+        mget.extend(chunk.iter().cloned());
         let reply = c.cmd(&mget).await.unwrap();
         let values = reply
             .items()
             .unwrap_or_else(|| panic!("MGET → {}", reply.brief()))
             .to_vec();
-        for (i, v) in chunk.iter().zip(values) {
-            if v.text() != Some(i.to_string()) {
-                lost.push(*i);
+        for (key, v) in chunk.iter().zip(values) {
+            if v.text().as_ref() != Some(key) {
+                lost.push(key.clone());
             }
         }
     }

@@ -48,7 +48,7 @@ pub async fn eventually<T>(
         match tokio::time::timeout_at(deadline, check()).await {
             Ok(Ok(v)) => return v,
             Ok(Err(observed)) => last = observed,
-            Err(_) => last = format!("{last} (and the last check itself hung)"),
+            Err(_) => last = format!("{last} (a further check was still running at the deadline)"),
         }
         if tokio::time::Instant::now() >= deadline {
             panic!(
