@@ -81,11 +81,21 @@ async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
     let before = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     let epoch = before.epoch();
+    let mut old = pair.proxy_conn().await.unwrap();
+    assert_eq!(
+        old.cmd(&["PING"]).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
 
     a.kill();
 
     let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
     assert_failover(&after, &a.addr(), &b.addr(), "master-down", epoch + 1);
+    let closed = old.await_closed(Duration::from_secs(3)).await;
+    assert!(
+        closed.is_ok(),
+        "the client of the killed master must see the close: {closed:?}"
+    );
     assert_eq!(
         b.replication().await.unwrap().role,
         "master",
