@@ -1,6 +1,8 @@
 //! Bad configuration makes `redis-pair local` exit quickly with code 64 and one `error: ` line
 //! on stderr that names the problem (docs/INTERFACE.md, "Exit codes").
 
+// `pub` because each test binary uses only part of the shared harness; unused public items
+// are not reported as dead code.
 pub mod support;
 
 use std::net::TcpListener;

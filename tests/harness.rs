@@ -1,6 +1,8 @@
 //! Self-checks of the end-to-end fixtures in tests/support, against redis-server alone, so a
 //! failover test that fails points at redis-pair and not at the harness.
 
+// `pub` because each test binary uses only part of the shared harness; unused public items
+// are not reported as dead code.
 pub mod support;
 
 use std::time::Duration;

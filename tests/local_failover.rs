@@ -2,6 +2,8 @@
 //! crashes, hangs, restarts, startup topologies, planned switchovers and what clients of the
 //! proxy see while that happens. The contract is docs/INTERFACE.md.
 
+// `pub` because each test binary uses only part of the shared harness; unused public items
+// are not reported as dead code.
 pub mod support;
 
 use std::sync::Arc;

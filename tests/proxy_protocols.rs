@@ -1,6 +1,8 @@
 //! Redis protocol features that must pass through the `redis-pair local` proxy unchanged:
 //! pub/sub, blocking commands, transactions, deep pipelines, large values and RESP3.
 
+// `pub` because each test binary uses only part of the shared harness; unused public items
+// are not reported as dead code.
 pub mod support;
 
 use std::time::Duration;
