@@ -325,10 +325,10 @@ impl RedisServer {
                     log_tail(&self.log_path(), 20)
                 ));
             }
-            if let Ok(mut c) = self.conn().await {
-                if matches!(c.cmd(&["PING"]).await, Ok(Resp::Simple(ref s)) if s == "PONG") {
-                    return Ok(());
-                }
+            if let Ok(mut c) = self.conn().await
+                && matches!(c.cmd(&["PING"]).await, Ok(Resp::Simple(ref s)) if s == "PONG")
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -488,10 +488,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_ref() {
-            if self.stopped {
-                signal(child, libc::SIGCONT);
-            }
+        if let Some(child) = self.child.as_ref()
+            && self.stopped
+        {
+            signal(child, libc::SIGCONT);
         }
         if std::thread::panicking() && self.log_path().exists() {
             eprintln!(
