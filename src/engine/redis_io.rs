@@ -254,7 +254,9 @@ impl Connector {
     pub async fn offset(&self, endpoint: &Endpoint) -> Result<u64, RedisCallError> {
         let text: String = self
             .with_connection(endpoint, async |conn| {
+                // `server` too: it carries the run_id that parse_info insists on.
                 redis::cmd("INFO")
+                    .arg("server")
                     .arg("replication")
                     .query_async(conn)
                     .await
