@@ -688,3 +688,46 @@ async fn replica_without_masterauth_gets_a_warning_in_status() {
         "B cannot authenticate to A: {s}"
     );
 }
+
+#[tokio::test]
+async fn switchover_whose_target_cannot_catch_up_in_time_is_aborted_and_the_master_unpaused() {
+    let (a, b) = master_and_replica().await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .switchover_timeout(Duration::from_millis(1))
+        .start()
+        .await;
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
+
+    // A 64 MiB write takes the replica tens of milliseconds to receive and apply: far more
+    // than the 1ms the switchover may wait for it.
+    let big = "x".repeat(64 << 20);
+    let mut writer = a.conn().await.unwrap();
+    assert!(writer.cmd(&["SET", "big", &big]).await.unwrap().is_ok());
+    let (code, body) = pair.switchover(Some(&b.addr())).await;
+    assert_eq!(code, 504, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("catch up"), "{body}");
+
+    // Still the same master and epoch, and it takes writes at once: it was unpaused, not
+    // left paused until the pause's own expiry (seconds).
+    let s = pair.status().await.unwrap();
+    assert_eq!(s.master(), Some(a.addr().as_str()), "{s}");
+    assert_eq!(s.epoch(), epoch, "{s}");
+    let started = Instant::now();
+    let mut client = pair.proxy_conn().await.unwrap();
+    let reply = client
+        .cmd(&["SET", "after-abort", "1"])
+        .await
+        .expect("a write right after the aborted switchover");
+    assert!(reply.is_ok(), "{}", reply.brief());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the write took {:?}: the master was left paused",
+        started.elapsed()
+    );
+}

@@ -163,3 +163,27 @@ async fn hello_3_switches_the_proxied_connection_to_resp3() {
         "HGETALL must be a RESP3 map"
     );
 }
+
+#[tokio::test]
+async fn monitor_through_the_proxy_streams_commands_run_on_the_master() {
+    let (a, _b, pair) = proxied_pair().await;
+    let mut monitor = pair.proxy_conn().await.unwrap();
+    assert_eq!(
+        monitor.cmd(&["MONITOR"]).await.unwrap(),
+        Resp::Simple("OK".into())
+    );
+
+    assert!(a.cmd(&["SET", "watched-key", "42"]).await.unwrap().is_ok());
+    // MONITOR also reports other clients' commands (our probes' INFO): read until ours.
+    let line = eventually(
+        "MONITOR to report the SET",
+        SETTLE_DEADLINE,
+        async || match monitor.read_within(Duration::from_millis(500)).await {
+            Ok(Resp::Simple(line)) if line.contains("\"SET\" \"watched-key\" \"42\"") => Ok(line),
+            Ok(other) => Err(format!("saw {}", other.brief())),
+            Err(e) => Err(format!("read: {e}")),
+        },
+    )
+    .await;
+    assert!(line.contains("watched-key"), "{line}");
+}

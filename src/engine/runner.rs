@@ -647,10 +647,17 @@ impl Engine {
         // Writes are paused, so this offset is final.
         let master_offset = self.connector.offset(master).await?;
         loop {
-            let target_offset = self.connector.offset(target).await?;
-            if target_offset >= master_offset {
-                debug!(offset = master_offset, "switchover: target caught up");
-                return Ok(());
+            // A target that does not answer now may answer in a moment; only the deadline
+            // ends the wait.
+            match self.connector.offset(target).await {
+                Ok(offset) if offset >= master_offset => {
+                    debug!(offset, "switchover: target caught up");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    debug!(error = %error, "switchover: reading the target's offset failed")
+                }
             }
             if started.elapsed() >= deadline {
                 return Err(SwitchoverError::CatchUpTimeout {

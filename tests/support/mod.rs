@@ -626,6 +626,7 @@ pub struct PairBuilder {
     down_after: Duration,
     wait_for_master: Option<Duration>,
     switchover_timeout: Option<Duration>,
+    drain_timeout: Duration,
     env: Vec<(String, String)>,
 }
 
@@ -650,6 +651,10 @@ impl PairBuilder {
         self.switchover_timeout = Some(d);
         self
     }
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -666,9 +671,9 @@ impl PairBuilder {
             fmt_dur(self.probe_interval),
             "--down-after".into(),
             fmt_dur(self.down_after),
-            // Keeps Drop (SIGTERM) quick when a test leaves client connections open.
+            // 1s by default keeps Drop (SIGTERM) quick when a test leaves connections open.
             "--drain-timeout".into(),
-            "1s".into(),
+            fmt_dur(self.drain_timeout),
         ];
         for s in &self.servers {
             a.push("--server".into());
@@ -754,6 +759,7 @@ impl RedisPair {
             down_after: Duration::from_secs(1),
             wait_for_master: None,
             switchover_timeout: None,
+            drain_timeout: Duration::from_secs(1),
             env: Vec::new(),
         }
     }
@@ -867,6 +873,31 @@ impl RedisPair {
                 Ok(Resp::Error(e)) => Err(format!("server error: {e}")),
                 Ok(r) => Ok(r),
                 Err(e) => Err(format!("io: {e}")),
+            }
+        })
+        .await
+    }
+}
+
+impl RedisPair {
+    /// Sends SIGTERM (the process starts draining) without waiting for it to exit.
+    pub fn terminate(&self) {
+        if let Some(child) = self.child.as_ref() {
+            signal(child, libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `within` for the process to exit and returns its exit code (panics if it
+    /// does not exit in time, or dies of a signal).
+    pub async fn await_exit(&mut self, within: Duration) -> i32 {
+        let child = self.child.as_mut().expect("redis-pair already reaped");
+        eventually("redis-pair to exit", within, async || {
+            match child.try_wait() {
+                Ok(Some(status)) => status
+                    .code()
+                    .ok_or_else(|| format!("killed by a signal: {status}")),
+                Ok(None) => Err("still running".into()),
+                Err(e) => Err(format!("wait failed: {e}")),
             }
         })
         .await
