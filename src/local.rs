@@ -53,15 +53,15 @@ pub enum LocalError {
          REDISPAIR_PASSWORD (and --username for an ACL user) to what the server requires"
     )]
     AuthRejected { endpoint: Endpoint, detail: String },
-    #[error("cannot start the runtime: {0}")]
-    Runtime(io::Error),
+    #[error("the failover engine stopped unexpectedly ({0}); restart redis-pair and report a bug")]
+    EngineStopped(String),
 }
 
 impl LocalError {
     /// 64 (EX_USAGE) for anything the user fixes in the configuration, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LocalError::Runtime(_) => 1,
+            LocalError::EngineStopped(_) => 1,
             _ => 64,
         }
     }
@@ -133,7 +133,20 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         "redis-pair local started"
     );
 
-    wait_for_signal().await;
+    let mut engine_task = engine_task;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        ended = &mut engine_task => {
+            // The engine only returns when told to; anything else is a bug, and a proxy whose
+            // engine is gone would route on stale information forever.
+            stop_accepting.cancel();
+            stop_admin.cancel();
+            return Err(LocalError::EngineStopped(match ended {
+                Err(e) if e.is_panic() => "it panicked".into(),
+                _ => "it returned".into(),
+            }));
+        }
+    }
     info!("shutting down: no new connections, draining open ones");
     stop_accepting.cancel();
     let _ = proxy_task.await;

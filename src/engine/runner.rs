@@ -342,11 +342,17 @@ impl Engine {
     }
 
     async fn execute(&mut self, plan: Plan) {
+        let why = plan.publish.as_ref().map_or(
+            "the published master reports role replica",
+            |(_, reason)| reason.as_str(),
+        );
         if let Some(server) = &plan.promote {
             let result = self.connector.promote(server).await;
             self.count(Command::Promote, &result);
             match result {
-                Ok(()) => info!(server = %server, "promoted to master (REPLICAOF NO ONE)"),
+                Ok(()) => {
+                    info!(server = %server, reason = why, "promoted to master (REPLICAOF NO ONE)")
+                }
                 Err(error) => {
                     // Never publish a server that is not master; the next round tries again.
                     warn!(server = %server, error = %error, "promotion failed; will retry");
@@ -361,7 +367,12 @@ impl Engine {
             let result = self.connector.replicate(server, master).await;
             self.count(Command::Replicate, &result);
             match result {
-                Ok(()) => info!(server = %server, master = %master, "made a replica (REPLICAOF)"),
+                Ok(()) => info!(
+                    server = %server,
+                    master = %master,
+                    reason = "answers but does not replicate from the published master",
+                    "made a replica (REPLICAOF)"
+                ),
                 Err(error) => {
                     warn!(server = %server, master = %master, error = %error, "REPLICAOF failed; will retry")
                 }
