@@ -148,14 +148,16 @@ impl FailureKind {
     }
 }
 
-/// The latest probe of one server, with the memory the decision needs: when the current run
-/// of failures began.
+/// The latest probe of one server, with the memory the decision needs: since when it has not
+/// been heard from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
     Up(RedisInfo),
     Failed {
         kind: FailureKind,
-        /// Engine time at which this unbroken run of failed probes began.
+        /// Engine time of the last probe that answered before this run of failures (or of the
+        /// first failure, if it never answered). As with Sentinel's down-after, the clock
+        /// starts when the server was last heard from, not when we noticed the silence.
         since: Duration,
     },
 }

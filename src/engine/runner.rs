@@ -141,6 +141,8 @@ struct Tracked {
     member: Member,
     /// False until the first probe has answered or failed.
     probed: bool,
+    /// Engine time (at the start of its round) of the last probe that answered.
+    last_answer: Option<Duration>,
     probe: Probe,
     error: Option<String>,
     warnings: Vec<String>,
@@ -177,6 +179,7 @@ impl Engine {
             .map(|member| Tracked {
                 member: member.clone(),
                 probed: false,
+                last_answer: None,
                 // Nothing is known before the first probe: fail-safe as "timing out since 0",
                 // which the decision treats as "wait", never as "down".
                 probe: Probe::Failed {
@@ -237,6 +240,9 @@ impl Engine {
         let mut ticker = tokio::time::interval(self.config.probe_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // A server that is failing turns down at a known instant; a round right then
+            // saves up to a probe interval on a hung master.
+            let down_at = self.next_down_at();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -246,10 +252,30 @@ impl Engine {
                     self.round().await;
                     ticker.reset();
                 }
+                () = sleep_until_some(down_at) => {
+                    self.round().await;
+                    ticker.reset();
+                }
                 _ = ticker.tick() => self.round().await,
             }
         }
         info!("engine stopped");
+    }
+
+    /// When the earliest failing (not yet down) server becomes down, if any.
+    fn next_down_at(&self) -> Option<tokio::time::Instant> {
+        let now = self.now();
+        self.servers
+            .iter()
+            .filter_map(|t| match t.probe {
+                Probe::Failed { kind, since } if kind != FailureKind::Refused => {
+                    Some(since + self.config.policy.down_after)
+                }
+                _ => None,
+            })
+            .filter(|at| *at > now)
+            .min()
+            .map(|at| tokio::time::Instant::from_std(self.started + at))
     }
 
     async fn round(&mut self) {
@@ -289,6 +315,7 @@ impl Engine {
                     if let Some(info) = observation.info {
                         tracked.probe = Probe::Up(info);
                     }
+                    tracked.last_answer = Some(now);
                     for warning in &observation.warnings {
                         if !tracked.warnings.contains(warning) {
                             warn!(server = %endpoint, "{warning}");
@@ -299,9 +326,8 @@ impl Engine {
                 }
                 Err(error) => {
                     let since = match tracked.probe {
-                        Probe::Failed { kind, since } if kind == error.kind => since,
                         Probe::Failed { since, .. } => since,
-                        Probe::Up(_) => now,
+                        Probe::Up(_) => tracked.last_answer.unwrap_or(now),
                     };
                     if first
                         || !matches!(tracked.probe, Probe::Failed { kind, .. } if kind == error.kind)
@@ -678,6 +704,13 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
