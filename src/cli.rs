@@ -96,7 +96,10 @@ pub struct LocalArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, hide = true)]
     pub buffer_size: usize,
 
-    /// Runtime worker threads; 0 picks one per core (at most 4).
-    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    /// Worker threads. One (the default) runs everything on a single-threaded runtime, which
+    /// measured cheapest per request (docs/PERFORMANCE.md): the proxy's work is almost all
+    /// kernel TCP, and one Redis master rarely needs more than a core of proxying. 0 = one per
+    /// core.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
 }

@@ -74,7 +74,7 @@ fn init_logging(format: LogFormat) {
 
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     if threads == 1 {
