@@ -72,9 +72,9 @@ pub struct Connector {
 }
 
 /// What a probe learns beyond [`RedisInfo`]: things only a human can fix.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
-    pub info: Option<RedisInfo>,
+    pub info: RedisInfo,
     pub warnings: Vec<String>,
 }
 
@@ -186,10 +186,7 @@ impl Connector {
         if let Some(master) = info.master.as_ref().filter(|_| !info.link_up) {
             warnings.push(format!("replication link to {master} is down"));
         }
-        Ok(Observation {
-            info: Some(info),
-            warnings,
-        })
+        Ok(Observation { info, warnings })
     }
 
     /// `REPLICAOF NO ONE`: the server stops replicating and accepts writes.

@@ -294,8 +294,8 @@ impl Engine {
     /// Probes every server concurrently and records what it saw; returns the failures.
     async fn observe(&mut self) -> Vec<(Endpoint, RedisCallError)> {
         let now = self.now();
-        let members: Vec<Member> = self.servers.iter().map(|t| t.member.clone()).collect();
-        let known = |host: &str, port: u16| known_member(&members, host, port);
+        let members = &self.config.members;
+        let known = |host: &str, port: u16| known_member(members, host, port);
         let results = join_all(
             self.servers
                 .iter()
@@ -312,9 +312,7 @@ impl Engine {
                     if matches!(tracked.probe, Probe::Failed { .. }) && !first {
                         info!(server = %endpoint, "server answers again");
                     }
-                    if let Some(info) = observation.info {
-                        tracked.probe = Probe::Up(info);
-                    }
+                    tracked.probe = Probe::Up(observation.info);
                     tracked.last_answer = Some(now);
                     for warning in &observation.warnings {
                         if !tracked.warnings.contains(warning) {
