@@ -114,21 +114,11 @@ impl<'a> View<'a> {
                         waiting: None,
                     };
                 }
+                // With no replica to take over, the restarted process is all there is: it is
+                // a new incarnation, so it is republished under a new epoch and run_id.
                 self.fail_over(published, master, Reason::MasterRestarted)
-                    .unwrap_or_else(|| Plan {
-                        // No replica can take over: the restarted process is all there is. It is
-                        // a new incarnation, so it gets a new epoch and its new run_id.
-                        promote: (info.role == Role::Replica).then(|| master.clone()),
-                        publish: Some((
-                            Published {
-                                epoch: published.epoch + 1,
-                                master: Some(master.clone()),
-                                run_id: Some(info.run_id.clone()),
-                            },
-                            Reason::MasterRestarted,
-                        )),
-                        replicate: self.replicas_to_repoint(master),
-                        waiting: None,
+                    .unwrap_or_else(|| {
+                        self.make_master(published, master, info, Reason::MasterRestarted)
                     })
             }
             Liveness::Failing => Plan {
@@ -187,6 +177,24 @@ impl<'a> View<'a> {
         } else {
             Reason::Recovered
         };
+        self.make_master(published, chosen, info, reason)
+    }
+
+    /// Promotes the best replica in place of `old`, or `None` when no replica may be promoted.
+    fn fail_over(&self, published: &Published, old: &Endpoint, reason: Reason) -> Option<Plan> {
+        let (chosen, info) = self.best_candidate(Some(old))?;
+        Some(self.make_master(published, chosen, info, reason))
+    }
+
+    /// Makes `chosen` the master under the next epoch: promote it if it is a replica, publish
+    /// it with its run_id, and repoint everyone else at it.
+    fn make_master(
+        &self,
+        published: &Published,
+        chosen: &Endpoint,
+        info: &RedisInfo,
+        reason: Reason,
+    ) -> Plan {
         Plan {
             promote: (info.role == Role::Replica).then(|| chosen.clone()),
             publish: Some((
@@ -200,24 +208,6 @@ impl<'a> View<'a> {
             replicate: self.replicas_to_repoint(chosen),
             waiting: None,
         }
-    }
-
-    /// Promotes the best replica in place of `old`, or `None` when no replica may be promoted.
-    fn fail_over(&self, published: &Published, old: &Endpoint, reason: Reason) -> Option<Plan> {
-        let (chosen, info) = self.best_candidate(Some(old))?;
-        Some(Plan {
-            promote: Some(chosen.clone()),
-            publish: Some((
-                Published {
-                    epoch: published.epoch + 1,
-                    master: Some(chosen.clone()),
-                    run_id: Some(info.run_id.clone()),
-                },
-                reason,
-            )),
-            replicate: self.replicas_to_repoint(chosen),
-            waiting: None,
-        })
     }
 
     /// The most caught-up promotable replica, excluding `except`.

@@ -189,16 +189,20 @@ impl Connector {
         Ok(Observation { info, warnings })
     }
 
+    /// Sends one command whose reply is a plain `+OK`.
+    async fn command(
+        &self,
+        endpoint: &Endpoint,
+        command: &redis::Cmd,
+    ) -> Result<(), RedisCallError> {
+        self.with_connection(endpoint, async |conn| command.query_async::<()>(conn).await)
+            .await
+    }
+
     /// `REPLICAOF NO ONE`: the server stops replicating and accepts writes.
     pub async fn promote(&self, endpoint: &Endpoint) -> Result<(), RedisCallError> {
-        self.with_connection(endpoint, async |conn| {
-            redis::cmd("REPLICAOF")
-                .arg("NO")
-                .arg("ONE")
-                .query_async::<()>(conn)
-                .await
-        })
-        .await
+        self.command(endpoint, redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
+            .await
     }
 
     /// `REPLICAOF host port`: the server becomes a replica of `master`.
@@ -207,13 +211,12 @@ impl Connector {
         endpoint: &Endpoint,
         master: &Endpoint,
     ) -> Result<(), RedisCallError> {
-        self.with_connection(endpoint, async |conn| {
+        self.command(
+            endpoint,
             redis::cmd("REPLICAOF")
                 .arg(master.host())
-                .arg(master.port())
-                .query_async::<()>(conn)
-                .await
-        })
+                .arg(master.port()),
+        )
         .await
     }
 
@@ -225,25 +228,16 @@ impl Connector {
         for_at_most: Duration,
     ) -> Result<(), RedisCallError> {
         let millis = u64::try_from(for_at_most.as_millis()).unwrap_or(u64::MAX);
-        self.with_connection(endpoint, async |conn| {
-            redis::cmd("CLIENT")
-                .arg("PAUSE")
-                .arg(millis)
-                .arg("WRITE")
-                .query_async::<()>(conn)
-                .await
-        })
+        self.command(
+            endpoint,
+            redis::cmd("CLIENT").arg("PAUSE").arg(millis).arg("WRITE"),
+        )
         .await
     }
 
     pub async fn unpause(&self, endpoint: &Endpoint) -> Result<(), RedisCallError> {
-        self.with_connection(endpoint, async |conn| {
-            redis::cmd("CLIENT")
-                .arg("UNPAUSE")
-                .query_async::<()>(conn)
-                .await
-        })
-        .await
+        self.command(endpoint, redis::cmd("CLIENT").arg("UNPAUSE"))
+            .await
     }
 
     /// The replication offset alone: `master_repl_offset` of a master, `slave_repl_offset`
