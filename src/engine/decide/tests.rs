@@ -504,6 +504,144 @@ fn info_of<'a>(servers: &'a [ServerState], endpoint: &Endpoint) -> Option<&'a Re
         .and_then(ServerState::info)
 }
 
+// Each property is a plain function over (world, publication, plan) so that the proptests
+// (random worlds of up to five servers) and the exhaustive test (every world of two and three
+// servers over a small domain) check exactly the same thing.
+
+type Property = fn(&[ServerState], &Published, &Plan) -> Result<(), TestCaseError>;
+
+const PROPERTIES: [(&str, Property); 4] = [
+    (
+        "a publication names one answering master under the next epoch",
+        publication_names_one_answering_master,
+    ),
+    (
+        "a promotion is the most caught-up eligible replica",
+        promotion_is_the_most_caught_up_eligible_replica,
+    ),
+    (
+        "every repointed server follows the master of the plan",
+        repointed_servers_follow_the_master_of_the_plan,
+    ),
+    (
+        "a healthy published master is never replaced",
+        healthy_published_master_is_kept,
+    ),
+];
+
+fn publication_names_one_answering_master(
+    servers: &[ServerState],
+    published: &Published,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    if let Some((next, _)) = &plan.publish {
+        prop_assert_eq!(next.epoch, published.epoch + 1);
+        match &next.master {
+            Some(master) => {
+                let info = info_of(servers, master);
+                prop_assert!(info.is_some(), "published a server that is not up");
+                let info = info.unwrap();
+                prop_assert_eq!(next.run_id.as_deref(), Some(info.run_id.as_str()));
+                // After the plan it is a master: it was one, or the plan promotes it.
+                prop_assert!(info.role == Role::Master || plan.promote.as_ref() == Some(master));
+            }
+            None => {
+                prop_assert!(published.master.is_some(), "'no master' republished");
+                prop_assert!(plan.promote.is_none());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn promotion_is_the_most_caught_up_eligible_replica(
+    servers: &[ServerState],
+    published: &Published,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Some(promoted) = &plan.promote else {
+        return Ok(());
+    };
+    let info = info_of(servers, promoted);
+    prop_assert!(info.is_some(), "promoted a server that is not up");
+    let info = info.unwrap();
+    prop_assert_eq!(info.role, Role::Replica);
+    if published.master.as_ref() == Some(promoted) {
+        return Ok(()); // re-asserting the published master, not a failover
+    }
+    prop_assert!(info.priority > 0, "promoted a priority-0 replica");
+    prop_assert!(info.synced, "promoted a replica that never synced");
+    let view = View {
+        servers,
+        policy: &POLICY,
+        now: NOW,
+    };
+    for (endpoint, other) in view.up() {
+        let eligible = is_promotable(other) && Some(endpoint) != published.master.as_ref();
+        prop_assert!(
+            !eligible || more_caught_up(&(promoted, info), &(endpoint, other)) != Ordering::Less,
+            "{} is more caught up than the promoted {}",
+            endpoint,
+            promoted
+        );
+    }
+    Ok(())
+}
+
+fn repointed_servers_follow_the_master_of_the_plan(
+    servers: &[ServerState],
+    published: &Published,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let master = plan
+        .publish
+        .as_ref()
+        .map_or(published.master.as_ref(), |(next, _)| next.master.as_ref());
+    for (server, target) in &plan.replicate {
+        prop_assert_eq!(Some(target), master);
+        prop_assert_ne!(server, target);
+        prop_assert!(info_of(servers, server).is_some());
+    }
+    let mut unique = plan.replicate.clone();
+    unique.dedup();
+    prop_assert_eq!(unique.len(), plan.replicate.len());
+    // And after the plan no other answering server is left as a master (unless the plan is to
+    // wait: while the master is merely failing, nothing is touched).
+    if let (Some(master), None) = (master, &plan.waiting) {
+        for s in servers {
+            if let Some(info) = s.info()
+                && &s.endpoint != master
+                && info.role == Role::Master
+            {
+                prop_assert!(
+                    plan.replicate
+                        .iter()
+                        .any(|(server, _)| server == &s.endpoint)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn healthy_published_master_is_kept(
+    servers: &[ServerState],
+    published: &Published,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Some(master) = &published.master else {
+        return Ok(());
+    };
+    let Some(info) = info_of(servers, master) else {
+        return Ok(());
+    };
+    if info.role == Role::Master && published.run_id.as_deref() == Some(info.run_id.as_str()) {
+        prop_assert_eq!(&plan.publish, &None);
+        prop_assert_eq!(&plan.promote, &None);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -526,23 +664,7 @@ proptest! {
         (servers, published) in arb_world(),
     ) {
         let plan = decide(&servers, &published, &POLICY, NOW);
-        if let Some((next, _)) = &plan.publish {
-            prop_assert_eq!(next.epoch, published.epoch + 1);
-            match &next.master {
-                Some(master) => {
-                    let info = info_of(&servers, master);
-                    prop_assert!(info.is_some(), "published a server that is not up");
-                    let info = info.unwrap();
-                    prop_assert_eq!(next.run_id.as_deref(), Some(info.run_id.as_str()));
-                    // After the plan it is a master: it was one, or the plan promotes it.
-                    prop_assert!(info.role == Role::Master || plan.promote.as_ref() == Some(master));
-                }
-                None => {
-                    prop_assert!(published.master.is_some(), "'no master' republished");
-                    prop_assert!(plan.promote.is_none());
-                }
-            }
-        }
+        publication_names_one_answering_master(&servers, &published, &plan)?;
     }
 
     #[test]
@@ -550,22 +672,7 @@ proptest! {
         (servers, published) in arb_world(),
     ) {
         let plan = decide(&servers, &published, &POLICY, NOW);
-        let Some(promoted) = &plan.promote else { return Ok(()) };
-        let info = info_of(&servers, promoted).expect("promoted a server that is not up");
-        prop_assert_eq!(info.role, Role::Replica);
-        if published.master.as_ref() == Some(promoted) {
-            return Ok(()); // re-asserting the published master, not a failover
-        }
-        prop_assert!(info.priority > 0, "promoted a priority-0 replica");
-        prop_assert!(info.synced, "promoted a replica that never synced");
-        let view = View { servers: &servers, policy: &POLICY, now: NOW };
-        for (endpoint, other) in view.up() {
-            let eligible = is_promotable(other) && Some(endpoint) != published.master.as_ref();
-            prop_assert!(
-                !eligible || more_caught_up(&(promoted, info), &(endpoint, other)) != Ordering::Less,
-                "{} is more caught up than the promoted {}", endpoint, promoted
-            );
-        }
+        promotion_is_the_most_caught_up_eligible_replica(&servers, &published, &plan)?;
     }
 
     #[test]
@@ -573,43 +680,134 @@ proptest! {
         (servers, published) in arb_world(),
     ) {
         let plan = decide(&servers, &published, &POLICY, NOW);
-        let master = plan
-            .publish
-            .as_ref()
-            .map_or(published.master.as_ref(), |(next, _)| next.master.as_ref());
-        for (server, target) in &plan.replicate {
-            prop_assert_eq!(Some(target), master);
-            prop_assert_ne!(server, target);
-            prop_assert!(info_of(&servers, server).is_some());
-        }
-        let mut unique = plan.replicate.clone();
-        unique.dedup();
-        prop_assert_eq!(unique.len(), plan.replicate.len());
-        // And after the plan no other answering server is left as a master (unless the plan is
-        // to wait: while the master is merely failing, nothing is touched).
-        if let (Some(master), None) = (master, &plan.waiting) {
-            for s in &servers {
-                if let Some(info) = s.info()
-                    && &s.endpoint != master
-                    && info.role == Role::Master
-                {
-                    prop_assert!(plan.replicate.iter().any(|(server, _)| server == &s.endpoint));
-                }
-            }
-        }
+        repointed_servers_follow_the_master_of_the_plan(&servers, &published, &plan)?;
     }
 
     #[test]
     fn a_healthy_published_master_is_never_replaced(
         (servers, published) in arb_world(),
     ) {
-        let Some(master) = &published.master else { return Ok(()) };
-        let Some(info) = info_of(&servers, master) else { return Ok(()) };
-        if info.role != Role::Master || published.run_id.as_deref() != Some(info.run_id.as_str()) {
-            return Ok(());
-        }
         let plan = decide(&servers, &published, &POLICY, NOW);
-        prop_assert_eq!(plan.publish, None);
-        prop_assert_eq!(plan.promote, None);
+        healthy_published_master_is_kept(&servers, &published, &plan)?;
     }
+}
+
+/// Every probe a server of `ports` can show in the exhaustive domain: refused, failing, down,
+/// two masters (with and without data), and replicas of every other member or of none, with
+/// the link up, down after a sync, or never synced, priority 0 or 100, offset 0 or 1.
+fn every_probe(me: u16, ports: &[u16]) -> Vec<Probe> {
+    let mut probes = vec![
+        Probe::Failed {
+            kind: FailureKind::Refused,
+            since: NOW,
+        },
+        Probe::Failed {
+            kind: FailureKind::Timeout,
+            since: NOW - DOWN_AFTER / 2,
+        },
+        Probe::Failed {
+            kind: FailureKind::Timeout,
+            since: NOW - DOWN_AFTER,
+        },
+    ];
+    let base = |role, keys| RedisInfo {
+        role,
+        run_id: format!("run-{me}"),
+        master: None,
+        link_up: false,
+        synced: true,
+        offset: keys,
+        priority: 100,
+        keys,
+    };
+    probes.extend((0..2).map(|keys| Probe::Up(base(Role::Master, keys))));
+    let masters =
+        std::iter::once(None).chain(ports.iter().filter(|p| **p != me).map(|p| Some(ep(*p))));
+    for master in masters {
+        for (link_up, synced) in [(true, true), (false, true), (false, false)] {
+            for priority in [0, 100] {
+                for offset in [0, 1] {
+                    probes.push(Probe::Up(RedisInfo {
+                        master: master.clone(),
+                        link_up: link_up && master.is_some(),
+                        synced,
+                        priority,
+                        offset,
+                        ..base(Role::Replica, offset)
+                    }));
+                }
+            }
+        }
+    }
+    probes
+}
+
+fn every_publication(ports: &[u16]) -> Vec<Published> {
+    let mut all = vec![
+        Published::default(),
+        Published {
+            epoch: 3,
+            master: None,
+            run_id: None,
+        },
+    ];
+    for port in ports {
+        for run_id in [format!("run-{port}"), "an-older-run".to_owned()] {
+            all.push(Published {
+                epoch: 3,
+                master: Some(ep(*port)),
+                run_id: Some(run_id),
+            });
+        }
+    }
+    all
+}
+
+#[test]
+fn every_property_holds_on_every_world_of_two_and_three_servers() {
+    let mut worlds = 0usize;
+    for ports in [&[1u16, 2][..], &[1, 2, 3][..]] {
+        let per_server: Vec<Vec<Probe>> = ports.iter().map(|p| every_probe(*p, ports)).collect();
+        let publications = every_publication(ports);
+        let mut choice = vec![0usize; ports.len()];
+        loop {
+            let servers: Vec<ServerState> = ports
+                .iter()
+                .zip(&choice)
+                .zip(&per_server)
+                .map(|((port, i), probes)| ServerState {
+                    endpoint: ep(*port),
+                    probe: probes[*i].clone(),
+                })
+                .collect();
+            for published in &publications {
+                let plan = decide(&servers, published, &POLICY, NOW);
+                for (name, property) in PROPERTIES {
+                    if let Err(failure) = property(&servers, published, &plan) {
+                        panic!(
+                            "{name}: {failure}\nworld: {servers:#?}\npublished: {published:?}\nplan: {plan:#?}"
+                        );
+                    }
+                }
+                worlds += 1;
+            }
+            // Next combination, odometer style.
+            let mut digit = 0;
+            loop {
+                if digit == choice.len() {
+                    break;
+                }
+                choice[digit] += 1;
+                if choice[digit] < per_server[digit].len() {
+                    break;
+                }
+                choice[digit] = 0;
+                digit += 1;
+            }
+            if digit == choice.len() {
+                break;
+            }
+        }
+    }
+    assert!(worlds > 100_000, "the domain shrank to {worlds} worlds");
 }
