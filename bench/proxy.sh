@@ -9,6 +9,8 @@
 # Knobs (environment): ROUNDS, N, TARGETS="direct haproxy twemproxy redis-pair",
 #   WORKLOADS="c50-P1-d3 ..." (clients, pipeline, value bytes), BASE_PORT (17100),
 #   SKIP_BUILD=1, PAIR_BIN=path, PAIR_ARGS="extra redis-pair local flags",
+#   PAIR_ALT_ARGS="--threads 1": adds target redis-pair-alt, a second redis-pair with these flags
+#   (hidden tuning flags: --threads N, --buffer-size BYTES), to compare settings in one run,
 #   REQUIRE_PAIR=1 (fail instead of skipping redis-pair when it does not build/start).
 # Output: a table on stdout, and bench/out/proxy-<time>/{results.tsv,table.md,*.csv,*.log}.
 set -euo pipefail
@@ -25,6 +27,8 @@ BASE_PORT=${BASE_PORT:-17100}
 MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
 HAPROXY_PORT=$((BASE_PORT + 11)) TWEM_PORT=$((BASE_PORT + 12)) TWEM_STATS=$((BASE_PORT + 13))
 PAIR_PORT=$((BASE_PORT + 14)) PAIR_ADMIN=$((BASE_PORT + 15))
+ALT_PORT=$((BASE_PORT + 16)) ALT_ADMIN=$((BASE_PORT + 17))
+[ -n "${PAIR_ALT_ARGS:-}" ] && [[ " $TARGETS " != *" redis-pair-alt "* ]] && TARGETS+=" redis-pair-alt"
 
 OUT=${OUT:-$BENCH_DIR/out/proxy-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -33,15 +37,15 @@ mkdir -p "$OUT"
 ensure_tools redis-server redis-server redis-benchmark redis-tools redis-cli redis-tools \
   haproxy haproxy nutcracker nutcracker python3 python3 curl curl
 raise_fd_limit
-if [[ " $TARGETS " == *" redis-pair "* ]]; then
+if [[ " $TARGETS " == *" redis-pair"* ]]; then
   if ! build_pair; then
     [ "${REQUIRE_PAIR:-0}" = 1 ] && die "redis-pair does not build or has no 'local' subcommand"
     log "warning: redis-pair does not build or has no 'local' subcommand: skipping it"
-    TARGETS=${TARGETS//redis-pair/}
+    TARGETS=$(echo " $TARGETS " | sed 's/ redis-pair-alt / /; s/ redis-pair / /')
   fi
 fi
 machine_info | tee "$OUT/machine.txt" >&2
-echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS" | tee "$OUT/params.txt" >&2
+echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS PAIR_ARGS=${PAIR_ARGS:-} PAIR_ALT_ARGS=${PAIR_ALT_ARGS:-}" | tee "$OUT/params.txt" >&2
 
 # --- the pair and the proxies ----------------------------------------------------------------
 start_redis "$MASTER_PORT" "$OUT/redis"
@@ -92,19 +96,20 @@ EOF
   wait_port "$TWEM_PORT" || die "nutcracker did not start (see $OUT/nutcracker.log)"
 }
 
-start_pair() {
+start_pair() { # target listen_port admin_port extra_args
+  local t=$1 port=$2 admin=$3
   # shellcheck disable=SC2086
-  "$PAIR_BIN" local --listen "$HOST:$PAIR_PORT" --admin-listen "$HOST:$PAIR_ADMIN" \
-    --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" ${PAIR_ARGS:-} \
-    >"$OUT/redis-pair.log" 2>&1 &
-  PID[redis-pair]=$!; BENCH_PIDS+=("$!"); PORT[redis-pair]=$PAIR_PORT
+  "$PAIR_BIN" local --listen "$HOST:$port" --admin-listen "$HOST:$admin" \
+    --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" $4 \
+    >"$OUT/$t.log" 2>&1 &
+  PID[$t]=$!; BENCH_PIDS+=("$!"); PORT[$t]=$port
   local i
   for i in $(seq 1 100); do
-    if curl -fsS -m 1 "http://$HOST:$PAIR_ADMIN/readyz" >/dev/null 2>&1 &&
-       [ "$(rcli "$PAIR_PORT" PING 2>/dev/null)" = PONG ]; then
+    if curl -fsS -m 1 "http://$HOST:$admin/readyz" >/dev/null 2>&1 &&
+       [ "$(rcli "$port" PING 2>/dev/null)" = PONG ]; then
       return 0
     fi
-    kill -0 "${PID[redis-pair]}" 2>/dev/null || break
+    kill -0 "${PID[$t]}" 2>/dev/null || break
     sleep 0.1
   done
   return 1
@@ -115,12 +120,14 @@ for t in $TARGETS; do
     direct) ;;
     haproxy) start_haproxy ;;
     twemproxy) start_twemproxy ;;
-    redis-pair)
-      if ! start_pair; then
-        [ "${REQUIRE_PAIR:-0}" = 1 ] && { tail -20 "$OUT/redis-pair.log" >&2; die "redis-pair did not become ready"; }
-        log "warning: redis-pair did not become ready (see $OUT/redis-pair.log): skipping it"
-        tail -5 "$OUT/redis-pair.log" >&2 || true
-        TARGETS=${TARGETS//redis-pair/}
+    redis-pair|redis-pair-alt)
+      if [ "$t" = redis-pair ]; then ok=0; start_pair "$t" "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" || ok=$?
+      else ok=0; start_pair "$t" "$ALT_PORT" "$ALT_ADMIN" "${PAIR_ALT_ARGS:-}" || ok=$?; fi
+      if [ "$ok" != 0 ]; then
+        [ "${REQUIRE_PAIR:-0}" = 1 ] && { tail -20 "$OUT/$t.log" >&2; die "$t did not become ready"; }
+        log "warning: $t did not become ready (see $OUT/$t.log): skipping it"
+        tail -5 "$OUT/$t.log" >&2 || true
+        TARGETS=$(echo " $TARGETS " | sed "s/ $t / /")
       fi ;;
     *) die "unknown target $t" ;;
   esac
@@ -164,6 +171,9 @@ run_one() { # round workload target
   log "  $wl $(printf '%-10s' "$t") $(tr -d '"' <"$base.csv" | awk -F, 'NR>1{printf "%s %.0f/s p50 %s p99 %s   ", $1, $2, $5, $7}')cpu ${cpu}s/M rss ${rss}kB"
 }
 
+# Other load on the machine skews everything: keep a record of who used the CPUs.
+( while :; do date +%T; top -bn1 -o %CPU | sed -n '7,14p'; sleep 20; done ) >"$OUT/top.log" 2>&1 &
+BENCH_PIDS+=("$!")
 START=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round/$ROUNDS"

@@ -16,7 +16,7 @@ for r in rows:
         targets.append(r["target"])
     if r["workload"] not in workloads:
         workloads.append(r["workload"])
-order = ["direct", "haproxy", "twemproxy", "redis-pair"]
+order = ["direct", "haproxy", "twemproxy", "redis-pair", "redis-pair-alt"]
 targets.sort(key=lambda t: order.index(t) if t in order else 99)
 
 
