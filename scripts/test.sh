@@ -13,6 +13,8 @@ if ! command -v redis-server >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
+echo "==> shell scripts parse"
+for script in scripts/*.sh bench/*.sh .ci/run; do bash -n "$script"; done
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy -D warnings"
