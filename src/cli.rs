@@ -92,10 +92,6 @@ pub struct LocalArgs {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
-    /// Proxy buffer per connection and direction, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, hide = true)]
-    pub buffer_size: usize,
-
     /// Worker threads. One (the default) runs everything on a single-threaded runtime, which
     /// measured cheapest per request (docs/PERFORMANCE.md): the proxy's work is almost all
     /// kernel TCP, and one Redis master rarely needs more than a core of proxying. 0 = one per

@@ -117,7 +117,6 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         wait_for_master: args.wait_for_master,
         connect_timeout: args.probe_timeout.max(Duration::from_millis(500)),
         drain_timeout: args.drain_timeout,
-        buffer_size: args.buffer_size.max(512),
     };
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listener,
