@@ -92,6 +92,16 @@ pub struct LocalArgs {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
+    /// Give every client a server connection of its own and copy its bytes as they are,
+    /// instead of sharing server connections for plain data commands (docs/DECISIONS.md).
+    #[arg(long)]
+    pub no_multiplex: bool,
+
+    /// At most this many server connections are shared by the multiplexed clients; a client
+    /// goes to an idle one, else the least loaded.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shared_connections: u16,
+
     /// Worker threads. One (the default) runs everything on a single-threaded runtime, which
     /// measured cheapest per request (docs/PERFORMANCE.md): the proxy's work is almost all
     /// kernel TCP, and one Redis master rarely needs more than a core of proxying. 0 = one per

@@ -117,6 +117,8 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         wait_for_master: args.wait_for_master,
         connect_timeout: args.probe_timeout.max(Duration::from_millis(500)),
         drain_timeout: args.drain_timeout,
+        multiplex: !args.no_multiplex,
+        shared_connections: usize::from(args.shared_connections),
     };
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listener,

@@ -68,6 +68,10 @@ pub struct ProxyMetrics {
     pub closed_by_failover: Counter,
     /// Client connections closed because no master was published within the wait.
     pub no_master_timeouts: Counter,
+    /// Requests sent on a shared server connection.
+    pub shared_requests: Counter,
+    /// Client connections moved to a server connection of their own.
+    pub pinned: Counter,
 }
 
 pub struct Metrics {
@@ -148,13 +152,23 @@ impl Metrics {
         );
         registry.register(
             "proxy_closed_by_failover",
-            "Client connections closed because the master changed",
+            "Client connections closed because the master changed or their server connection broke",
             proxy.closed_by_failover.clone(),
         );
         registry.register(
             "proxy_no_master_timeouts",
             "Client connections closed after waiting for a master",
             proxy.no_master_timeouts.clone(),
+        );
+        registry.register(
+            "proxy_shared_requests",
+            "Requests sent on a server connection shared by clients",
+            proxy.shared_requests.clone(),
+        );
+        registry.register(
+            "proxy_pinned_connections",
+            "Client connections given a server connection of their own",
+            proxy.pinned.clone(),
         );
         for reason in Reason::ALL {
             // Present from the start, so a rate() over a first failover is not lost.

@@ -7,7 +7,7 @@ pub mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{RedisPair, RedisServer, SETTLE_DEADLINE, eventually};
+use support::{RedisPair, RedisServer, SETTLE_DEADLINE, eventually, metric};
 
 async fn proxied_pair(drain: Duration) -> (RedisServer, RedisServer, RedisPair) {
     let a = RedisServer::master().await;
@@ -87,11 +87,6 @@ async fn sigterm_closes_connections_still_open_at_the_drain_timeout() {
         signalled.elapsed()
     );
     assert_eq!(pair.await_exit(Duration::from_secs(5)).await, 0);
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test]

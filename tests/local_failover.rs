@@ -83,20 +83,30 @@ async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
     let before = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     let epoch = before.epoch();
-    let mut old = pair.proxy_conn().await.unwrap();
+    // A client on the shared path, and one pinned to a connection of its own by a command
+    // that changes connection state.
+    let mut shared = pair.proxy_conn().await.unwrap();
     assert_eq!(
-        old.cmd(&["PING"]).await.unwrap(),
+        shared.cmd(&["PING"]).await.unwrap(),
         Resp::Simple("PONG".into())
+    );
+    let mut pinned = pair.proxy_conn().await.unwrap();
+    assert!(
+        pinned
+            .cmd(&["CLIENT", "SETNAME", "pinned"])
+            .await
+            .unwrap()
+            .is_ok()
     );
 
     a.kill();
 
     let after = pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
     assert_failover(&after, &a.addr(), &b.addr(), "master-down", epoch + 1);
-    let closed = old.await_closed(Duration::from_secs(3)).await;
+    let closed = pinned.await_closed(Duration::from_secs(3)).await;
     assert!(
         closed.is_ok(),
-        "the client of the killed master must see the close: {closed:?}"
+        "the pinned client of the killed master must see the close: {closed:?}"
     );
     assert_eq!(
         b.replication().await.unwrap().role,
@@ -104,15 +114,23 @@ async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
         "redis itself must say B is master"
     );
 
-    let reply = pair
-        .proxy_cmd_eventually(&["SET", "after-failover", "v1"], Duration::from_secs(3))
-        .await;
-    assert!(reply.is_ok(), "SET through the proxy: {reply:?}");
+    // The idle shared client was owed nothing, so it was not closed: its next command goes to
+    // the new master on the same client connection.
+    let reply = shared.cmd(&["SET", "after-failover", "v1"]).await;
+    assert!(
+        matches!(reply, Ok(Resp::Simple(ref ok)) if ok == "OK"),
+        "SET on the shared client after the failover: {reply:?}"
+    );
     assert_eq!(
         b.get("after-failover").await.unwrap().as_deref(),
         Some("v1"),
         "the write must be on B"
     );
+    let reply = pair
+        .proxy_cmd_eventually(&["SET", "new-client", "v2"], Duration::from_secs(3))
+        .await;
+    assert!(reply.is_ok(), "SET through the proxy: {reply:?}");
+    assert_eq!(b.get("new-client").await.unwrap().as_deref(), Some("v2"));
 }
 
 #[tokio::test]
@@ -283,11 +301,13 @@ async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_cl
         "/readyz without a master"
     );
 
-    let started = Instant::now();
     let mut held = pair
         .proxy_conn()
         .await
         .expect("the proxy accepts while no master is published");
+    // The wait starts with the first request (a client that asks nothing is not held).
+    let started = Instant::now();
+    held.send(&["GET", "k"]).await.unwrap();
     let closed = held.await_closed(wait + Duration::from_secs(3)).await;
     let after = started.elapsed();
     assert!(
@@ -627,21 +647,56 @@ async fn failover_closes_client_connections_to_the_old_master() {
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
 
-    let mut old = pair.proxy_conn().await.unwrap();
+    let mut pinned = pair.proxy_conn().await.unwrap();
+    assert!(
+        pinned
+            .cmd(&["CLIENT", "SETNAME", "pinned"])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let mut idle_shared = pair.proxy_conn().await.unwrap();
     assert_eq!(
-        old.cmd(&["PING"]).await.unwrap(),
+        idle_shared.cmd(&["PING"]).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
+    let mut waiting_shared = pair.proxy_conn().await.unwrap();
+    assert_eq!(
+        waiting_shared.cmd(&["PING"]).await.unwrap(),
         Resp::Simple("PONG".into())
     );
 
     // SIGSTOP rather than SIGKILL: a killed master closes its sockets itself, a hung one does
-    // not, so only this proves that the proxy closes the client's connection on a failover.
+    // not, so only this proves that the proxy closes connections on a failover.
     a.stop();
+    // Asked of the hung master, so never answered: this client must be closed, not left
+    // waiting or answered by the new master.
+    waiting_shared
+        .send(&["SET", "sent-to-hung-master", "1"])
+        .await
+        .unwrap();
     pair.await_master(Some(&b.addr()), SETTLE_DEADLINE).await;
 
-    let closed = old.await_closed(Duration::from_secs(3)).await;
+    let closed = pinned.await_closed(Duration::from_secs(3)).await;
     assert!(
         closed.is_ok(),
-        "the connection proxied to the old master must be closed: {closed:?}"
+        "the pinned connection to the old master must be closed: {closed:?}"
+    );
+    let closed = waiting_shared.await_closed(Duration::from_secs(3)).await;
+    assert!(
+        closed.is_ok(),
+        "a shared client owed a reply by the old master must be closed: {closed:?}"
+    );
+    let reply = idle_shared.cmd(&["SET", "idle-client", "1"]).await;
+    assert!(
+        matches!(reply, Ok(Resp::Simple(ref ok)) if ok == "OK"),
+        "an idle shared client goes on with the new master: {reply:?}"
+    );
+    assert_eq!(b.get("idle-client").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(
+        b.get("sent-to-hung-master").await.unwrap(),
+        None,
+        "the request sent to the hung master must not be replayed on the new one"
     );
 
     let reply = pair

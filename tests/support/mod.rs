@@ -628,6 +628,14 @@ pub struct PairBuilder {
     switchover_timeout: Option<Duration>,
     drain_timeout: Duration,
     env: Vec<(String, String)>,
+    extra_args: Vec<String>,
+}
+
+/// The value of one series in a Prometheus text exposition, e.g.
+/// `metric(text, r#"redispair_master{server="127.0.0.1:7000"}"#)`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 pub fn fmt_dur(d: Duration) -> String {
@@ -653,6 +661,11 @@ impl PairBuilder {
     }
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
+        self
+    }
+    /// Any further command-line argument, e.g. `--no-multiplex`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
         self
     }
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -687,6 +700,7 @@ impl PairBuilder {
             a.push("--switchover-timeout".into());
             a.push(fmt_dur(d));
         }
+        a.extend(self.extra_args.iter().cloned());
         a
     }
 
@@ -761,6 +775,7 @@ impl RedisPair {
             switchover_timeout: None,
             drain_timeout: Duration::from_secs(1),
             env: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 

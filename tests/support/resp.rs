@@ -134,6 +134,11 @@ impl Conn {
         self.writer.flush().await
     }
 
+    /// Half-closes: the peer sees end of stream, replies can still be read.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.writer.shutdown().await
+    }
+
     pub async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<()> {
         self.send_raw(&encode(args)).await
     }

@@ -1,18 +1,27 @@
-//! The L4 proxy: accept a client, connect it to the published master, copy bytes both ways
-//! until either side closes or a newer epoch names another master.
+//! The proxy: accept a client and carry its requests to the published master, and the
+//! replies back, until either side closes or a newer epoch names another master.
 //!
-//! It never parses Redis traffic, which is why every command works through it (pipelining,
-//! MULTI, pub/sub, blocking pops, MONITOR, RESP3). The data path is a read into a per-thread
-//! scratch buffer and a write of the same bytes, with TCP_NODELAY on both sides; a connection
-//! owns a buffer only while its destination applies backpressure. The only shared state it
-//! touches per read is one relaxed atomic add for the byte counter.
+//! Two paths, and no byte is ever changed on either:
+//! - **shared** (`mux`, the default): plain data commands of all clients travel on one server
+//!   connection, so Redis and the proxy pay their socket calls per batch rather than per
+//!   request. Only frame boundaries and command names are read (`resp`).
+//! - **pinned**: at its first command that needs a connection of its own (MULTI, SUBSCRIBE,
+//!   BLPOP, AUTH, SELECT n, MONITOR, anything unknown), and from the start with
+//!   `--no-multiplex`, a client gets its own server connection and its bytes are copied both
+//!   ways as they come. This is why every command works through the proxy.
+//!
+//! The copy path reads into a per-thread scratch buffer and writes the same bytes on, with
+//! TCP_NODELAY on both sides; a connection owns a buffer only while its destination applies
+//! backpressure.
 
-use std::io;
-use std::time::Duration;
+mod mux;
+mod resp;
 
 use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -20,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use self::mux::{Client, CloseOnDrop, Mux, SharedEnd, serve_shared};
 use crate::engine::{Endpoint, Published};
 use crate::metrics::ProxyMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +42,10 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// On shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
+    /// Share server connections between clients for plain data commands (see `mux`).
+    pub multiplex: bool,
+    /// How many server connections the clients share at most.
+    pub shared_connections: usize,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains: no new connections, open ones
@@ -45,6 +59,15 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let hard_stop = CancellationToken::new();
+    let connector = Connector {
+        published,
+        metrics,
+        config,
+    };
+    let mux = connector
+        .config
+        .multiplex
+        .then(|| Mux::new(connector.clone(), connector.config.shared_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -59,29 +82,26 @@ pub async fn serve(
                 continue;
             }
         };
-        metrics.connections.inc();
-        metrics.connections_open.inc();
-        let connection = Connection {
-            published: published.clone(),
-            metrics: metrics.clone(),
-            config: config.clone(),
-        };
+        connector.metrics.connections.inc();
+        connector.metrics.connections_open.inc();
+        let connector = connector.clone();
+        let mux = mux.clone();
         let stop = hard_stop.clone();
         connections.spawn(async move {
             tokio::select! {
-                () = connection.run(client) => {}
+                () = serve_client(&connector, mux.as_ref(), client) => {}
                 () = stop.cancelled() => {}
             }
-            connection.metrics.connections_open.dec();
+            connector.metrics.connections_open.dec();
         });
     }
     drop(listener);
     connections.close();
     let open = connections.len();
     if open > 0 {
-        info!(open, drain_timeout = ?config.drain_timeout, "draining client connections");
+        info!(open, drain_timeout = ?connector.config.drain_timeout, "draining client connections");
     }
-    if tokio::time::timeout(config.drain_timeout, connections.wait())
+    if tokio::time::timeout(connector.config.drain_timeout, connections.wait())
         .await
         .is_err()
     {
@@ -94,22 +114,42 @@ pub async fn serve(
     }
 }
 
-struct Connection {
+async fn serve_client(connector: &Connector, mux: Option<&Arc<Mux>>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Some(mux) = mux else {
+        connector.pinned(&stream, &[]).await;
+        return;
+    };
+    let client = Client::new(stream);
+    let _close = CloseOnDrop(client.clone());
+    if let SharedEnd::Pin(first) = serve_shared(&client, mux).await {
+        connector.metrics.pinned.inc();
+        connector.pinned(client.stream(), &first).await;
+    }
+}
+
+/// Reaches the published master for a client; shared by both paths.
+#[derive(Clone)]
+struct Connector {
     published: watch::Receiver<Published>,
     metrics: ProxyMetrics,
     config: ProxyConfig,
 }
 
-impl Connection {
-    async fn run(&self, client: TcpStream) {
-        let _ = client.set_nodelay(true);
+impl Connector {
+    /// Gives the client a server connection of its own: sends `first` (bytes already read
+    /// from the client), then copies both ways.
+    async fn pinned(&self, client: &TcpStream, first: &[u8]) {
         let Some((epoch, upstream)) = self.connect_to_master().await else {
             return;
         };
         let _ = upstream.set_nodelay(true);
         let mut published = self.published.clone();
         tokio::select! {
-            result = self.copy_both_ways(&client, &upstream) => {
+            result = async {
+                write_all(&upstream, first).await?;
+                self.copy_both_ways(client, &upstream).await
+            } => {
                 if let Err(error) = result {
                     debug!(error = %error, "proxied connection ended with an error");
                 }
@@ -164,6 +204,17 @@ impl Connection {
         )?;
         Ok(())
     }
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Bytes are read into this per-thread buffer and written straight on, so an idle or
@@ -237,12 +288,7 @@ fn forward(
         Err(e) => return Err(e),
     };
     if n < scratch.len() {
-        // A short read drained the socket (epoll is edge-triggered). Tell tokio, so the next
-        // readable() waits for an event instead of costing a recv that returns EAGAIN: the
-        // same shortcut tokio's own poll_read takes. The closure makes no syscall.
-        let _ = from.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-        });
+        mux::clear_read_readiness(from);
     }
     let mut written = 0;
     while written < n {

@@ -1,0 +1,409 @@
+//! The shared path: plain data commands of many clients on one server connection. Each test
+//! proves one promise of it against a real redis-server and the real binary: every client
+//! gets exactly its own replies in order, state-changing commands leave the shared path
+//! without reordering anything, and nothing one client does can break another.
+
+pub mod support;
+
+use std::time::Duration;
+
+use support::{
+    Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually, metric, resp::encode,
+};
+
+async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    let mut builder = RedisPair::builder().server(&a).server(&b);
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let pair = builder.start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    (a, b, pair)
+}
+
+fn bulk(bytes: impl AsRef<[u8]>) -> Resp {
+    Resp::Bulk(bytes.as_ref().to_vec())
+}
+
+fn ok() -> Resp {
+    Resp::Simple("OK".into())
+}
+
+async fn proxy_metric(pair: &RedisPair, series: &str) -> f64 {
+    let text = pair.metrics().await.expect("metrics");
+    metric(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Client IDs of the connections the proxy holds to `server`: all but the engine's (short
+/// probes running INFO or CONFIG GET, and its pub/sub watch), replicas, and the connection
+/// asking.
+async fn proxy_connections_on(server: &RedisServer) -> Vec<String> {
+    let list = server.cmd(&["CLIENT", "LIST"]).await.expect("CLIENT LIST");
+    let text = list.text().expect("CLIENT LIST is text");
+    text.lines()
+        .filter(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let cmd = field("cmd");
+            let flags = field("flags");
+            !matches!(
+                cmd.as_str(),
+                "client|list" | "info" | "config|get" | "auth" | "NULL"
+            ) && !flags.contains('S')
+                && !flags.contains('P')
+        })
+        .map(|line| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_pipelining_clients_each_get_exactly_their_own_replies() {
+    let (a, _b, pair) = proxied_pair(&[]).await;
+    // Values with CRLF and RESP markers inside, and some larger than the proxy's 64 KiB read
+    // buffer, so replies straddle reads.
+    let clients = 16;
+    let mut tasks = Vec::new();
+    for id in 0..clients {
+        let addr = pair.proxy_addr().to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&addr).await.expect("connect");
+            for round in 0..20 {
+                let mut batch = Vec::new();
+                let mut expected = Vec::new();
+                for i in 0..25 {
+                    let key = format!("c{id}:r{round}:k{i}");
+                    let value = if i == 7 {
+                        vec![b'x'; 70_000 + id]
+                    } else {
+                        format!("v{id}\r\n*3\r\n$-1\r\n:{round}:{i}").into_bytes()
+                    };
+                    batch.extend_from_slice(&encode(&[b"SET".as_slice(), key.as_bytes(), &value]));
+                    batch.extend_from_slice(&encode(&[b"GET".as_slice(), key.as_bytes()]));
+                    batch.extend_from_slice(&encode(&[b"STRLEN".as_slice(), key.as_bytes()]));
+                    expected.push(ok());
+                    expected.push(bulk(&value));
+                    expected.push(Resp::Int(value.len() as i64));
+                }
+                conn.send_raw(&batch).await.expect("send");
+                for (n, want) in expected.iter().enumerate() {
+                    let got = conn
+                        .read_within(Duration::from_secs(10))
+                        .await
+                        .expect("reply");
+                    assert_eq!(&got, want, "client {id} round {round} reply {n}");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    assert!(
+        proxy_metric(&pair, "redispair_proxy_shared_requests_total").await >= 16.0 * 20.0 * 75.0,
+        "the requests went over the shared path"
+    );
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_pinned_connections_total").await,
+        0.0
+    );
+    // Sixteen busy clients and eight more connected, yet the master sees the proxy on at
+    // most --shared-connections (default 4) connections.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut conn = pair.proxy_conn().await.unwrap();
+        assert_eq!(
+            conn.cmd(&["PING"]).await.unwrap(),
+            Resp::Simple("PONG".into())
+        );
+        idle.push(conn);
+    }
+    let shared = proxy_connections_on(&a).await;
+    assert!((1..=4).contains(&shared.len()), "{shared:?}");
+}
+
+#[tokio::test]
+async fn a_request_arriving_one_byte_at_a_time_is_queued_only_once_complete() {
+    let (_a, _b, pair) = proxied_pair(&[]).await;
+    let mut slow = pair.proxy_conn().await.unwrap();
+    let mut other = pair.proxy_conn().await.unwrap();
+    let mut bytes = encode(&["SET", "slow", "a\r\nb"]);
+    bytes.extend_from_slice(&encode(&["GET", "slow"]));
+    for (n, byte) in bytes.iter().enumerate() {
+        slow.send_raw(&[*byte]).await.unwrap();
+        if n % 7 == 0 {
+            // Another client's request in between must not be mixed into the partial one.
+            assert_eq!(
+                other.cmd(&["INCR", "between"]).await.unwrap(),
+                Resp::Int(n as i64 / 7 + 1)
+            );
+        }
+    }
+    assert_eq!(
+        slow.read_within(Duration::from_secs(3)).await.unwrap(),
+        ok()
+    );
+    assert_eq!(
+        slow.read_within(Duration::from_secs(3)).await.unwrap(),
+        bulk("a\r\nb")
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_after_shared_commands_sees_them_and_keeps_reply_order() {
+    let (_a, _b, pair) = proxied_pair(&[]).await;
+    let mut conn = pair.proxy_conn().await.unwrap();
+    let replies = conn
+        .pipeline(&[
+            vec!["SET".into(), "counter".into(), "1".into()],
+            vec!["INCR".into(), "counter".into()],
+            vec!["MULTI".into()],
+            vec!["INCR".into(), "counter".into()],
+            vec!["GET".into(), "counter".into()],
+            vec!["EXEC".into()],
+            vec!["INCR".into(), "counter".into()],
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            ok(),
+            Resp::Int(2),
+            ok(),
+            Resp::Simple("QUEUED".into()),
+            Resp::Simple("QUEUED".into()),
+            Resp::Array(vec![Resp::Int(3), bulk("3")]),
+            Resp::Int(4),
+        ]
+    );
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_pinned_connections_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn select_of_another_database_pins_and_does_not_leak_into_shared_clients() {
+    let (_a, _b, pair) = proxied_pair(&[]).await;
+    let mut db0 = pair.proxy_conn().await.unwrap();
+    assert_eq!(db0.cmd(&["SELECT", "0"]).await.unwrap(), ok());
+    let mut db1 = pair.proxy_conn().await.unwrap();
+    assert_eq!(db1.cmd(&["SELECT", "1"]).await.unwrap(), ok());
+    assert_eq!(db1.cmd(&["SET", "where", "db1"]).await.unwrap(), ok());
+    assert_eq!(db0.cmd(&["GET", "where"]).await.unwrap(), Resp::Nil);
+    assert_eq!(db0.cmd(&["SET", "where", "db0"]).await.unwrap(), ok());
+    assert_eq!(db1.cmd(&["GET", "where"]).await.unwrap(), bulk("db1"));
+    let mut fresh = pair.proxy_conn().await.unwrap();
+    assert_eq!(fresh.cmd(&["GET", "where"]).await.unwrap(), bulk("db0"));
+    // SELECT 0 stayed on the shared path; SELECT 1 did not.
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_pinned_connections_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_half_closed_client_gets_every_reply_before_the_close() {
+    let (_a, _b, pair) = proxied_pair(&[]).await;
+    let mut conn = pair.proxy_conn().await.unwrap();
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        batch.extend_from_slice(&encode(&["INCR", "half-closed"]));
+        let _ = i;
+    }
+    conn.send_raw(&batch).await.unwrap();
+    conn.shutdown_write().await.unwrap();
+    for i in 1..=500 {
+        assert_eq!(
+            conn.read_within(Duration::from_secs(5)).await.unwrap(),
+            Resp::Int(i)
+        );
+    }
+    assert!(conn.await_closed(Duration::from_secs(3)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_with_replies_owed_does_not_disturb_the_others() {
+    let (a, _b, pair) = proxied_pair(&["--shared-connections", "1"]).await;
+    a.cmd(&["SET", "big", &"y".repeat(100_000)]).await.unwrap();
+    let mut steady = pair.proxy_conn().await.unwrap();
+    assert_eq!(
+        steady.cmd(&["PING"]).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
+    let shared = proxy_connections_on(&a).await;
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    for round in 0..5 {
+        let mut leaver = pair.proxy_conn().await.unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..200 {
+            batch.extend_from_slice(&encode(&["GET", "big"]));
+        }
+        leaver.send_raw(&batch).await.unwrap();
+        drop(leaver);
+        assert_eq!(
+            steady.cmd(&["INCR", "steady"]).await.unwrap(),
+            Resp::Int(round + 1)
+        );
+    }
+    assert_eq!(
+        proxy_connections_on(&a).await,
+        shared,
+        "one shared connection carried everything: it never got out of step"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_request_is_answered_by_redis_on_its_own_connection() {
+    let (_a, _b, pair) = proxied_pair(&[]).await;
+    let mut shared = pair.proxy_conn().await.unwrap();
+    assert_eq!(shared.cmd(&["SET", "survivor", "1"]).await.unwrap(), ok());
+    let mut inline = pair.proxy_conn().await.unwrap();
+    inline.send_raw(b"PING\r\n").await.unwrap();
+    assert_eq!(
+        inline.read_within(Duration::from_secs(3)).await.unwrap(),
+        Resp::Simple("PONG".into())
+    );
+    let mut broken = pair.proxy_conn().await.unwrap();
+    broken.send_raw(b"*1\r\n$abc\r\n").await.unwrap();
+    match broken.read_within(Duration::from_secs(3)).await.unwrap() {
+        Resp::Error(e) => assert!(e.contains("Protocol error"), "{e}"),
+        other => panic!("expected Redis's protocol error, got {other:?}"),
+    }
+    assert!(broken.await_closed(Duration::from_secs(3)).await.is_ok());
+    // The shared connection did not see it, so the other client goes on undisturbed.
+    assert_eq!(shared.cmd(&["GET", "survivor"]).await.unwrap(), bulk("1"));
+}
+
+#[tokio::test]
+async fn a_value_over_the_shared_size_limit_is_streamed_on_its_own_connection() {
+    let (a, _b, pair) = proxied_pair(&[]).await;
+    let mut conn = pair.proxy_conn().await.unwrap();
+    let value = vec![b'z'; 3 * 1024 * 1024];
+    conn.send(&[b"SET".as_slice(), b"huge", &value])
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.read_within(Duration::from_secs(10)).await.unwrap(),
+        ok()
+    );
+    assert_eq!(
+        a.cmd(&["STRLEN", "huge"]).await.unwrap(),
+        Resp::Int(value.len() as i64)
+    );
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_pinned_connections_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_shared_connection_is_never_authenticated_for_a_client() {
+    let a = RedisServer::builder().requirepass("s3cret").start().await;
+    let b = RedisServer::builder()
+        .replica_of(&a)
+        .requirepass("s3cret")
+        .masterauth("s3cret")
+        .start()
+        .await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .env("REDISPAIR_PASSWORD", "s3cret")
+        .start()
+        .await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    let mut anonymous = pair.proxy_conn().await.unwrap();
+    match anonymous.cmd(&["GET", "secret"]).await.unwrap() {
+        Resp::Error(e) => assert!(e.starts_with("NOAUTH"), "{e}"),
+        other => panic!("an unauthenticated client must get NOAUTH, got {other:?}"),
+    }
+    let mut authed = Conn::connect_auth(pair.proxy_addr(), Some("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(authed.cmd(&["SET", "secret", "1"]).await.unwrap(), ok());
+    // Still refused after another client authenticated.
+    assert!(matches!(
+        anonymous.cmd(&["GET", "secret"]).await.unwrap(),
+        Resp::Error(_)
+    ));
+}
+
+#[tokio::test]
+async fn no_multiplex_gives_every_client_its_own_connection() {
+    let (a, _b, pair) = proxied_pair(&["--no-multiplex"]).await;
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut conn = pair.proxy_conn().await.unwrap();
+        assert_eq!(conn.cmd(&["INCR", "n"]).await.unwrap(), Resp::Int(i + 1));
+        conns.push(conn);
+    }
+    assert_eq!(proxy_connections_on(&a).await.len(), 3);
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_shared_requests_total").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn when_the_shared_connection_is_killed_only_clients_owed_replies_are_closed() {
+    let (a, _b, pair) = proxied_pair(&[]).await;
+    let mut idle = pair.proxy_conn().await.unwrap();
+    assert_eq!(idle.cmd(&["SET", "k", "1"]).await.unwrap(), ok());
+    let shared = proxy_connections_on(&a).await;
+    assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
+
+    // With writes paused the master holds this SET unanswered: the client is owed a reply
+    // when its server connection is killed.
+    assert_eq!(
+        a.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]).await.unwrap(),
+        ok()
+    );
+    let mut waiting = pair.proxy_conn().await.unwrap();
+    waiting.send(&["SET", "never", "1"]).await.unwrap();
+    eventually(
+        "the SET to be held by the paused master",
+        SETTLE_DEADLINE,
+        async || {
+            let clients = a.info("clients").await?;
+            match clients.get("blocked_clients").map(String::as_str) {
+                Some("1") => Ok(()),
+                other => Err(format!("blocked_clients {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        a.cmd(&["CLIENT", "KILL", "ID", &shared[0]]).await.unwrap(),
+        Resp::Int(1)
+    );
+    let closed = waiting.await_closed(Duration::from_secs(5)).await;
+    assert!(
+        closed.is_ok(),
+        "the client owed a reply must be closed: {closed:?}"
+    );
+    assert_eq!(a.cmd(&["CLIENT", "UNPAUSE"]).await.unwrap(), ok());
+
+    assert_eq!(
+        idle.cmd(&["GET", "k"]).await.unwrap(),
+        bulk("1"),
+        "a client owed nothing continues on a new shared connection"
+    );
+    assert_eq!(
+        a.get("never").await.unwrap(),
+        None,
+        "the killed request never ran"
+    );
+}
