@@ -197,3 +197,14 @@ async fn listen_address_in_use_exits_64_naming_the_address() {
     );
     drop(busy);
 }
+
+#[tokio::test]
+async fn zero_shared_connections_exits_64_naming_the_flag_and_range() {
+    let a = RedisServer::master().await;
+    let b = RedisServer::master().await;
+    let mut args = listen_args();
+    args.extend(server_args(&[a.addr(), b.addr()]));
+    args.extend(["--shared-connections".to_string(), "0".to_string()]);
+    let out = run_local(&args, &[]);
+    assert_config_error(&out, &["shared-connections"], &["1..=256", "range"]);
+}
