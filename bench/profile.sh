@@ -5,7 +5,7 @@
 #
 #   bench/profile.sh                          GET, -c 50 -P 1, 3-byte values, n=200000
 #   TEST=set CLIENTS=500 PIPELINE=1 SIZE=4096 bench/profile.sh
-#   PAIR_ARGS="--threads 1" bench/profile.sh  (hidden redis-pair flags: --threads, --buffer-size)
+#   PAIR_ARGS="--no-multiplex" bench/profile.sh  (any redis-pair local flags, e.g. --threads 2)
 # Targets: TARGETS="redis-pair haproxy direct". Output: bench/out/profile-<time>/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

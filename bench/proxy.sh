@@ -10,6 +10,7 @@
 #   WORKLOADS="c50-P1-d3 ..." (clients, pipeline, value bytes), BASE_PORT (17100),
 #   SKIP_BUILD=1, PAIR_BIN=path, PAIR_ARGS="extra redis-pair local flags",
 #   PAIR_ALT_ARGS="--threads 1": adds target redis-pair-alt, a second redis-pair with these flags
+#   PAIR_ALT_BIN=path: the binary for redis-pair-alt (default PAIR_BIN), to compare two builds
 #   (hidden tuning flags: --threads N, --buffer-size BYTES), to compare settings in one run,
 #   REQUIRE_PAIR=1 (fail instead of skipping redis-pair when it does not build/start).
 # Output: a table on stdout, and bench/out/proxy-<time>/{results.tsv,table.md,*.csv,*.log}.
@@ -28,6 +29,7 @@ MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
 HAPROXY_PORT=$((BASE_PORT + 11)) TWEM_PORT=$((BASE_PORT + 12)) TWEM_STATS=$((BASE_PORT + 13))
 PAIR_PORT=$((BASE_PORT + 14)) PAIR_ADMIN=$((BASE_PORT + 15))
 ALT_PORT=$((BASE_PORT + 16)) ALT_ADMIN=$((BASE_PORT + 17))
+[ -n "${PAIR_ALT_BIN:-}" ] && PAIR_ALT_ARGS=${PAIR_ALT_ARGS:- }
 [ -n "${PAIR_ALT_ARGS:-}" ] && [[ " $TARGETS " != *" redis-pair-alt "* ]] && TARGETS+=" redis-pair-alt"
 
 OUT=${OUT:-$BENCH_DIR/out/proxy-$(date +%Y%m%d-%H%M%S)}
@@ -45,7 +47,7 @@ if [[ " $TARGETS " == *" redis-pair"* ]]; then
   fi
 fi
 machine_info | tee "$OUT/machine.txt" >&2
-echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS PAIR_ARGS=${PAIR_ARGS:-} PAIR_ALT_ARGS=${PAIR_ALT_ARGS:-}" | tee "$OUT/params.txt" >&2
+echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS PAIR_ARGS=${PAIR_ARGS:-} PAIR_ALT_ARGS=${PAIR_ALT_ARGS:-} PAIR_BIN=$PAIR_BIN PAIR_ALT_BIN=${PAIR_ALT_BIN:-}" | tee "$OUT/params.txt" >&2
 
 # --- the pair and the proxies ----------------------------------------------------------------
 start_redis "$MASTER_PORT" "$OUT/redis"
@@ -96,10 +98,10 @@ EOF
   wait_port "$TWEM_PORT" || die "nutcracker did not start (see $OUT/nutcracker.log)"
 }
 
-start_pair() { # target listen_port admin_port extra_args
+start_pair() { # target listen_port admin_port extra_args binary
   local t=$1 port=$2 admin=$3
   # shellcheck disable=SC2086
-  "$PAIR_BIN" local --listen "$HOST:$port" --admin-listen "$HOST:$admin" \
+  "$5" local --listen "$HOST:$port" --admin-listen "$HOST:$admin" \
     --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" $4 \
     >"$OUT/$t.log" 2>&1 &
   PID[$t]=$!; BENCH_PIDS+=("$!"); PORT[$t]=$port
@@ -121,8 +123,8 @@ for t in $TARGETS; do
     haproxy) start_haproxy ;;
     twemproxy) start_twemproxy ;;
     redis-pair|redis-pair-alt)
-      if [ "$t" = redis-pair ]; then ok=0; start_pair "$t" "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" || ok=$?
-      else ok=0; start_pair "$t" "$ALT_PORT" "$ALT_ADMIN" "${PAIR_ALT_ARGS:-}" || ok=$?; fi
+      if [ "$t" = redis-pair ]; then ok=0; start_pair "$t" "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" "$PAIR_BIN" || ok=$?
+      else ok=0; start_pair "$t" "$ALT_PORT" "$ALT_ADMIN" "${PAIR_ALT_ARGS:-}" "${PAIR_ALT_BIN:-$PAIR_BIN}" || ok=$?; fi
       if [ "$ok" != 0 ]; then
         [ "${REQUIRE_PAIR:-0}" = 1 ] && { tail -20 "$OUT/$t.log" >&2; die "$t did not become ready"; }
         log "warning: $t did not become ready (see $OUT/$t.log): skipping it"
