@@ -63,6 +63,10 @@ pub async fn serve(
         published,
         metrics,
         config,
+        single_thread: matches!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        ),
     };
     let mux = connector
         .config
@@ -134,6 +138,9 @@ struct Connector {
     published: watch::Receiver<Published>,
     metrics: ProxyMetrics,
     config: ProxyConfig,
+    /// On a current-thread runtime a short read may clear the socket's readiness
+    /// (`after_short_read`); on a multi-thread one that would race with the I/O driver.
+    single_thread: bool,
 }
 
 impl Connector {
@@ -199,8 +206,18 @@ impl Connector {
 
     async fn copy_both_ways(&self, client: &TcpStream, upstream: &TcpStream) -> io::Result<()> {
         tokio::try_join!(
-            copy_one_way(client, upstream, &self.metrics.bytes_client_to_server),
-            copy_one_way(upstream, client, &self.metrics.bytes_server_to_client),
+            copy_one_way(
+                client,
+                upstream,
+                &self.metrics.bytes_client_to_server,
+                self.single_thread
+            ),
+            copy_one_way(
+                upstream,
+                client,
+                &self.metrics.bytes_server_to_client,
+                self.single_thread
+            ),
         )?;
         Ok(())
     }
@@ -242,11 +259,17 @@ enum Read {
 /// Per read: one recv into the thread's scratch buffer and one send of the same bytes. Only
 /// when the destination cannot take them all does the remainder go to a per-connection
 /// backlog, which is freed once written.
-async fn copy_one_way(from: &TcpStream, to: &TcpStream, bytes: &Counter) -> io::Result<()> {
+async fn copy_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &Counter,
+    single_thread: bool,
+) -> io::Result<()> {
     let mut backlog = Vec::new();
     loop {
         from.readable().await?;
-        let read = SCRATCH.with_borrow_mut(|scratch| forward(from, to, scratch, &mut backlog))?;
+        let read = SCRATCH
+            .with_borrow_mut(|scratch| forward(from, to, scratch, &mut backlog, single_thread))?;
         match read {
             Read::Eof => {
                 return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
@@ -280,6 +303,7 @@ fn forward(
     to: &TcpStream,
     scratch: &mut [u8],
     backlog: &mut Vec<u8>,
+    single_thread: bool,
 ) -> io::Result<Read> {
     let n = match from.try_read(scratch) {
         Ok(0) => return Ok(Read::Eof),
@@ -288,7 +312,7 @@ fn forward(
         Err(e) => return Err(e),
     };
     if n < scratch.len() {
-        mux::clear_read_readiness(from);
+        mux::after_short_read(from, single_thread);
     }
     let mut written = 0;
     while written < n {

@@ -154,7 +154,7 @@ impl Upstream {
             let mut published: watch::Receiver<Published> = connector.published.clone();
             let ended = tokio::select! {
                 result = self.write_requests(&stream) => result,
-                result = self.read_replies(&stream, &connector.metrics) => result,
+                result = self.read_replies(&stream, &connector) => result,
                 () = newer_epoch(&mut published, epoch) => Ok(()),
             };
             if let Err(error) = ended {
@@ -206,7 +206,8 @@ impl Upstream {
         }
     }
 
-    async fn read_replies(&self, stream: &TcpStream, metrics: &ProxyMetrics) -> io::Result<()> {
+    async fn read_replies(&self, stream: &TcpStream, connector: &Connector) -> io::Result<()> {
+        let metrics = &connector.metrics;
         const READ_SIZE: usize = 64 * 1024;
         let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
         // Replies before `start` have been delivered.
@@ -223,7 +224,7 @@ impl Upstream {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     if n < space {
-                        clear_read_readiness(stream);
+                        after_short_read(stream, connector.single_thread);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -461,7 +462,7 @@ async fn serve_shared_inner(client: &Arc<Client>, mux: &Arc<Mux>) -> io::Result<
                 Err(e) => return Err(e),
             };
             if n < scratch.len() {
-                clear_read_readiness(&client.stream);
+                after_short_read(&client.stream, mux.connector.single_thread);
             }
             metrics.bytes_client_to_server.inc_by(n as u64);
             if partial.is_empty() {
@@ -576,13 +577,18 @@ async fn wait_for_owed(client: &Client, at: usize) {
     }
 }
 
-/// After a short read the socket is drained. Tell tokio, so the next readiness wait does not
-/// cost a recv that returns EAGAIN (the same shortcut tokio's own poll_read takes). The
-/// closure makes no syscall.
-pub(super) fn clear_read_readiness(stream: &TcpStream) {
-    let _ = stream.try_io(Interest::READABLE, || {
-        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-    });
+/// After a short read the socket is drained: on a current-thread runtime, tell tokio, so the
+/// next readiness wait does not cost a recv that returns EAGAIN (the closure makes no
+/// syscall). Only there: `try_io` clears the readiness it sees *now*, and on a multi-thread
+/// runtime the I/O driver may have recorded new data since the read, on another thread. That
+/// wakeup would be lost and the connection would hang with data waiting (found by
+/// `random_scripts_match_direct_on_a_multi_thread_runtime`, 2 runs in 15).
+pub(super) fn after_short_read(stream: &TcpStream, single_thread: bool) {
+    if single_thread {
+        let _ = stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+    }
 }
 
 /// A poisoned lock only means another task panicked while holding it; the data (buffers and
