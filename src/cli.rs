@@ -102,6 +102,12 @@ pub struct LocalArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub shared_connections: u16,
 
+    /// A client on the shared path that lets more than this many MiB of replies pile up
+    /// unread is closed (like Redis's client-output-buffer-limit), so one stalled client
+    /// cannot grow the proxy without bound.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_backlog_mib: u32,
+
     /// Worker threads. One (the default) runs everything on a single-threaded runtime, which
     /// measured cheapest per request (docs/PERFORMANCE.md): the proxy's work is almost all
     /// kernel TCP, and one Redis master rarely needs more than a core of proxying. 0 = one per

@@ -72,6 +72,8 @@ pub struct ProxyMetrics {
     pub shared_requests: Counter,
     /// Client connections moved to a server connection of their own.
     pub pinned: Counter,
+    /// Clients closed for not reading their replies (over --max-client-backlog-mib).
+    pub closed_slow_clients: Counter,
 }
 
 pub struct Metrics {
@@ -169,6 +171,11 @@ impl Metrics {
             "proxy_pinned_connections",
             "Client connections given a server connection of their own",
             proxy.pinned.clone(),
+        );
+        registry.register(
+            "proxy_closed_slow_clients",
+            "Clients closed because more than --max-client-backlog-mib of replies waited for them",
+            proxy.closed_slow_clients.clone(),
         );
         for reason in Reason::ALL {
             // Present from the start, so a rate() over a first failover is not lost.

@@ -561,3 +561,42 @@ async fn random_scripts_get_the_same_replies_through_the_proxy_as_direct() {
 async fn random_scripts_match_direct_on_a_multi_thread_runtime() {
     proxy_replies_match_direct_replies(&["--threads", "2", "--shared-connections", "2"]).await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_the_backlog_limit_and_others_go_on() {
+    let (a, _b, pair) = proxied_pair(&["--max-client-backlog-mib", "1"]).await;
+    a.cmd(&["SET", "half-mib", &"h".repeat(512 * 1024)])
+        .await
+        .unwrap();
+    let mut steady = pair.proxy_conn().await.unwrap();
+    assert_eq!(steady.cmd(&["INCR", "steady"]).await.unwrap(), Resp::Int(1));
+
+    // 50 MB of replies asked for and never read: far more than the socket buffers hold.
+    let mut stalled = pair.proxy_conn().await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..100 {
+        batch.extend_from_slice(&encode(&["GET", "half-mib"]));
+    }
+    stalled.send_raw(&batch).await.unwrap();
+    eventually(
+        "the stalled client to be closed for its backlog",
+        SETTLE_DEADLINE,
+        async || {
+            let text = pair.metrics().await?;
+            match metric(&text, "redispair_proxy_closed_slow_clients_total") {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("closed_slow_clients {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        stalled.await_closed(Duration::from_secs(5)).await.is_ok(),
+        "the stalled client's connection must be closed"
+    );
+    assert_eq!(steady.cmd(&["INCR", "steady"]).await.unwrap(), Resp::Int(2));
+    assert!(
+        pair.log_text().contains("--max-client-backlog-mib"),
+        "the log must say why the client was closed"
+    );
+}

@@ -46,6 +46,8 @@ pub struct ProxyConfig {
     pub multiplex: bool,
     /// How many server connections the clients share at most.
     pub shared_connections: usize,
+    /// A client on the shared path with more replies than this waiting for it is closed.
+    pub max_client_backlog: usize,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains: no new connections, open ones

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::resp::{self, Reply, Request};
 use super::{Connector, SCRATCH, newer_epoch};
@@ -207,7 +207,6 @@ impl Upstream {
     }
 
     async fn read_replies(&self, stream: &TcpStream, connector: &Connector) -> io::Result<()> {
-        let metrics = &connector.metrics;
         const READ_SIZE: usize = 64 * 1024;
         let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
         // Replies before `start` have been delivered.
@@ -230,7 +229,7 @@ impl Upstream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
-            start = self.deliver(&buf, start, metrics)?;
+            start = self.deliver(&buf, start, connector)?;
             if start == buf.len() {
                 buf.clear();
                 start = 0;
@@ -243,7 +242,8 @@ impl Upstream {
 
     /// Hands the complete replies in `buf[start..]` to the clients owed them; returns where
     /// the undelivered rest starts.
-    fn deliver(&self, buf: &[u8], mut start: usize, metrics: &ProxyMetrics) -> io::Result<usize> {
+    fn deliver(&self, buf: &[u8], mut start: usize, connector: &Connector) -> io::Result<usize> {
+        let metrics = &connector.metrics;
         while start < buf.len() {
             let (client, wanted) = match lock(&self.state).owed.front() {
                 Some(owed) => (owed.client.clone(), owed.replies),
@@ -274,7 +274,14 @@ impl Upstream {
                 }
             }
             self.load.fetch_sub(count, Ordering::Relaxed);
-            client.deliver(&buf[start..end], count);
+            if client.deliver(&buf[start..end], count, connector.config.max_client_backlog) {
+                connector.metrics.closed_slow_clients.inc();
+                warn!(
+                    limit_bytes = connector.config.max_client_backlog,
+                    "closed a client that is not reading its replies: more than \
+                     --max-client-backlog-mib waiting for it"
+                );
+            }
             metrics.bytes_server_to_client.inc_by((end - start) as u64);
             start = end;
             if count < wanted {
@@ -331,10 +338,22 @@ impl Client {
 
     /// Writes replies straight to the client's socket from the reader (no task switch on the
     /// common path); what the socket does not take waits in the backlog for the client's task.
-    fn deliver(&self, replies: &[u8], count: usize) {
+    ///
+    /// The reader cannot wait for one slow client without stalling every other client on the
+    /// connection, so a backlog over `backlog_limit` closes the client instead, as Redis's
+    /// `client-output-buffer-limit` would; otherwise a client that stops reading could grow the
+    /// proxy (a sidecar in the application's pod) until it is killed for memory. Returns true
+    /// if that happened.
+    fn deliver(&self, replies: &[u8], count: usize, backlog_limit: usize) -> bool {
         let mut out = lock(&self.out);
         let mut wake = false;
-        if !out.gone && !out.failed {
+        let mut over_limit = false;
+        if !out.gone && !out.failed && out.backlog.len() + replies.len() > backlog_limit {
+            out.failed = true;
+            out.backlog = Vec::new();
+            over_limit = true;
+            wake = true;
+        } else if !out.gone && !out.failed {
             if out.backlog.is_empty() {
                 let mut written = 0;
                 while written < replies.len() {
@@ -363,6 +382,7 @@ impl Client {
         if wake {
             self.wake.notify_one();
         }
+        over_limit
     }
 
     /// Returns true if this closed a client that was still open.
