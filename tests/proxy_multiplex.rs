@@ -600,3 +600,40 @@ async fn a_client_that_stops_reading_is_closed_at_the_backlog_limit_and_others_g
         "the log must say why the client was closed"
     );
 }
+
+#[tokio::test]
+async fn an_idle_shared_connection_closed_by_redis_timeout_is_replaced_without_an_error() {
+    let (a, _b, pair) = proxied_pair(&[]).await;
+    let mut client = pair.proxy_conn().await.unwrap();
+    assert_eq!(client.cmd(&["SET", "k", "1"]).await.unwrap(), ok());
+    let before = proxy_connections_on(&a).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // Redis closes connections idle for more than `timeout` seconds, as many deployments
+    // configure; the proxy's shared connection is one of them.
+    assert_eq!(
+        a.cmd(&["CONFIG", "SET", "timeout", "1"]).await.unwrap(),
+        ok()
+    );
+    eventually(
+        "Redis to close the idle shared connection",
+        SETTLE_DEADLINE,
+        async || {
+            let now = proxy_connections_on(&a).await;
+            if now.iter().any(|id| before.contains(id)) {
+                Err(format!("still open: {now:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        a.cmd(&["CONFIG", "SET", "timeout", "0"]).await.unwrap(),
+        ok()
+    );
+
+    // The client was owed nothing, so it was not closed; its next request takes a new
+    // shared connection.
+    assert_eq!(client.cmd(&["GET", "k"]).await.unwrap(), bulk("1"));
+}
