@@ -10,10 +10,14 @@ use std::time::Duration;
 use support::{Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually};
 
 /// A master A, its replica B and redis-pair in front of them, with A published.
-async fn proxied_pair() -> (RedisServer, RedisServer, RedisPair) {
+async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
     let a = RedisServer::master().await;
     let b = RedisServer::replica(&a).await;
-    let pair = RedisPair::builder().server(&a).server(&b).start().await;
+    let mut builder = RedisPair::builder().server(&a).server(&b);
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let pair = builder.start().await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     (a, b, pair)
 }
@@ -22,9 +26,10 @@ fn bulk(s: &str) -> Resp {
     Resp::Bulk(s.as_bytes().to_vec())
 }
 
-#[tokio::test]
-async fn pubsub_message_published_on_the_master_reaches_a_subscriber_through_the_proxy() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn pubsub_message_published_on_the_master_reaches_a_subscriber_through_the_proxy(
+    extra: &[&str],
+) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     let mut sub = pair.proxy_conn().await.unwrap();
     let confirm = sub.cmd(&["SUBSCRIBE", "news"]).await.unwrap();
     assert_eq!(
@@ -46,9 +51,8 @@ async fn pubsub_message_published_on_the_master_reaches_a_subscriber_through_the
     );
 }
 
-#[tokio::test]
-async fn blpop_through_the_proxy_is_woken_by_a_push_on_the_master() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn blpop_through_the_proxy_is_woken_by_a_push_on_the_master(extra: &[&str]) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     let mut waiter = pair.proxy_conn().await.unwrap();
     waiter.send(&["BLPOP", "queue", "10"]).await.unwrap();
 
@@ -75,9 +79,8 @@ async fn blpop_through_the_proxy_is_woken_by_a_push_on_the_master() {
     assert_eq!(popped, Resp::Array(vec![bulk("queue"), bulk("job-1")]));
 }
 
-#[tokio::test]
-async fn multi_exec_through_the_proxy_runs_the_queued_commands() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn multi_exec_through_the_proxy_runs_the_queued_commands(extra: &[&str]) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     let mut c = pair.proxy_conn().await.unwrap();
     assert!(c.cmd(&["MULTI"]).await.unwrap().is_ok());
     assert_eq!(
@@ -98,9 +101,8 @@ async fn multi_exec_through_the_proxy_runs_the_queued_commands() {
     assert_eq!(a.get("tx").await.unwrap().as_deref(), Some("2"));
 }
 
-#[tokio::test]
-async fn pipeline_of_1000_commands_through_the_proxy_gets_every_reply_in_order() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn pipeline_of_1000_commands_through_the_proxy_gets_every_reply_in_order(extra: &[&str]) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     let mut c = pair.proxy_conn().await.unwrap();
     let cmds: Vec<Vec<String>> = (0..1000)
         .map(|_| vec!["INCR".into(), "counter".into()])
@@ -115,9 +117,8 @@ async fn pipeline_of_1000_commands_through_the_proxy_gets_every_reply_in_order()
     assert_eq!(a.get("counter").await.unwrap().as_deref(), Some("1000"));
 }
 
-#[tokio::test]
-async fn four_mib_value_round_trips_through_the_proxy() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn four_mib_value_round_trips_through_the_proxy(extra: &[&str]) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     // Pseudo-random bytes, so a proxy that drops or reorders a chunk cannot go unnoticed.
     let mut x: u32 = 0x2545_f491;
     let value: Vec<u8> = (0..4 * 1024 * 1024)
@@ -144,9 +145,8 @@ async fn four_mib_value_round_trips_through_the_proxy() {
     );
 }
 
-#[tokio::test]
-async fn hello_3_switches_the_proxied_connection_to_resp3() {
-    let (_a, _b, pair) = proxied_pair().await;
+async fn hello_3_switches_the_proxied_connection_to_resp3(extra: &[&str]) {
+    let (_a, _b, pair) = proxied_pair(extra).await;
     let mut c: Conn = pair.proxy_conn().await.unwrap();
     let hello = c.cmd(&["HELLO", "3"]).await.unwrap();
     assert_eq!(
@@ -164,9 +164,8 @@ async fn hello_3_switches_the_proxied_connection_to_resp3() {
     );
 }
 
-#[tokio::test]
-async fn monitor_through_the_proxy_streams_commands_run_on_the_master() {
-    let (a, _b, pair) = proxied_pair().await;
+async fn monitor_through_the_proxy_streams_commands_run_on_the_master(extra: &[&str]) {
+    let (a, _b, pair) = proxied_pair(extra).await;
     let mut monitor = pair.proxy_conn().await.unwrap();
     assert_eq!(
         monitor.cmd(&["MONITOR"]).await.unwrap(),
@@ -187,3 +186,32 @@ async fn monitor_through_the_proxy_streams_commands_run_on_the_master() {
     .await;
     assert!(line.contains("watched-key"), "{line}");
 }
+
+/// Every check runs on the default current-thread runtime and on a multi-thread one
+/// (`--threads 2`), whose readiness handling differs (see `proxy::mux::after_short_read`).
+macro_rules! on_both_runtimes {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test]
+                async fn current_thread() {
+                    super::$check(&[]).await;
+                }
+                #[tokio::test]
+                async fn multi_thread() {
+                    super::$check(&["--threads", "2"]).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_runtimes!(
+    pubsub_message_published_on_the_master_reaches_a_subscriber_through_the_proxy,
+    blpop_through_the_proxy_is_woken_by_a_push_on_the_master,
+    multi_exec_through_the_proxy_runs_the_queued_commands,
+    pipeline_of_1000_commands_through_the_proxy_gets_every_reply_in_order,
+    four_mib_value_round_trips_through_the_proxy,
+    hello_3_switches_the_proxied_connection_to_resp3,
+    monitor_through_the_proxy_streams_commands_run_on_the_master,
+);
