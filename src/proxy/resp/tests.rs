@@ -42,9 +42,16 @@ fn shareable_is_sorted_unique_and_uppercase() {
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_'),
             "{text} is not an uppercase command name"
         );
-        // is_shareable uppercases into a 24-byte buffer; a longer name could never match.
-        assert!(name.len() <= 24, "{text} is longer than the lookup buffer");
+        // is_shareable looks names up as NAME_KEY_LEN-byte keys; a longer one could never match.
+        assert!(
+            name.len() <= NAME_KEY_LEN,
+            "{text} is longer than a lookup key"
+        );
     }
+    assert!(
+        SHAREABLE_KEYS.windows(2).all(|pair| pair[0] < pair[1]),
+        "the key table must be sorted like the names"
+    );
 }
 
 #[test]
