@@ -70,6 +70,8 @@ pub struct ProxyMetrics {
     pub no_master_timeouts: Counter,
     /// Requests sent on a shared server connection.
     pub shared_requests: Counter,
+    /// Shared server connections open now.
+    pub shared_connections_open: Gauge,
     /// Client connections moved to a server connection of their own.
     pub pinned: Counter,
     /// Clients closed for not reading their replies (over --max-client-backlog-mib).
@@ -166,6 +168,11 @@ impl Metrics {
             "proxy_shared_requests",
             "Requests sent on a server connection shared by clients",
             proxy.shared_requests.clone(),
+        );
+        registry.register(
+            "proxy_shared_connections_open",
+            "Server connections shared by clients, open now",
+            proxy.shared_connections_open.clone(),
         );
         registry.register(
             "proxy_pinned_connections",

@@ -130,6 +130,11 @@ async fn concurrent_pipelining_clients_each_get_exactly_their_own_replies() {
     }
     let shared = proxy_connections_on(&a).await;
     assert!((1..=4).contains(&shared.len()), "{shared:?}");
+    assert_eq!(
+        proxy_metric(&pair, "redispair_proxy_shared_connections_open").await,
+        shared.len() as f64,
+        "the gauge counts the shared connections Redis sees"
+    );
 }
 
 #[tokio::test]

@@ -152,11 +152,13 @@ impl Upstream {
         if let Some((epoch, stream)) = connector.connect_to_master().await {
             let _ = stream.set_nodelay(true);
             let mut published: watch::Receiver<Published> = connector.published.clone();
+            connector.metrics.shared_connections_open.inc();
             let ended = tokio::select! {
                 result = self.write_requests(&stream) => result,
                 result = self.read_replies(&stream, &connector) => result,
                 () = newer_epoch(&mut published, epoch) => Ok(()),
             };
+            connector.metrics.shared_connections_open.dec();
             if let Err(error) = ended {
                 debug!(error = %error, "shared server connection ended");
             }
