@@ -637,6 +637,18 @@ async fn an_idle_shared_connection_closed_by_redis_timeout_is_replaced_without_a
         a.cmd(&["CONFIG", "SET", "timeout", "0"]).await.unwrap(),
         ok()
     );
+    eventually(
+        "the proxy to notice the close",
+        SETTLE_DEADLINE,
+        async || match metric(
+            &pair.metrics().await?,
+            "redispair_proxy_shared_connections_open",
+        ) {
+            Some(open) if open == 0.0 => Ok(()),
+            other => Err(format!("shared_connections_open {other:?}")),
+        },
+    )
+    .await;
 
     // The client was owed nothing, so it was not closed; its next request takes a new
     // shared connection.
