@@ -1,5 +1,5 @@
-//! Multiplexing: requests of many clients on one server connection, each client's replies
-//! handed back to it in order.
+//! Multiplexing: the requests of many clients on a few shared server connections, each
+//! client's replies handed back to it in order.
 //!
 //! Why: on a request/response workload every request crossing an L4 proxy costs four socket
 //! calls in the proxy on top of the two in Redis, and that kernel work is what the proxy
@@ -11,11 +11,12 @@
 //! that `resp::scan_request` calls shareable (plain data commands with one reply each). At the
 //! first other command (MULTI, SUBSCRIBE, BLPOP, AUTH, SELECT 1, anything unknown or odd) it is
 //! *pinned*: once every reply it is owed has been delivered, it gets a connection of its own
-//! and from then on its bytes are copied as they are (`super::Connection::pinned`). Bytes are
+//! and from then on its bytes are copied as they are (`super::Connector::pinned`). Bytes are
 //! never changed on either path.
 //!
-//! Ordering: a server connection answers in order, so the upstream keeps a queue of
-//! (client, replies owed) in the order requests were queued, and the reader walks it.
+//! Ordering: a server connection answers in order, so each shared connection (`Upstream`)
+//! keeps a queue of (client, replies owed) in the order requests were queued, and its reader
+//! walks it. A client moves to another shared connection only when it is owed nothing.
 //! Failure: when the server connection ends or a newer epoch is published, every client that
 //! is owed a reply on it is closed (its requests may or may not have run, exactly as when a
 //! direct connection breaks); clients owed nothing stay open and use the next connection.
