@@ -6,6 +6,7 @@
 #   bench/profile.sh                          GET, -c 50 -P 1, 3-byte values, n=200000
 #   TEST=set CLIENTS=500 PIPELINE=1 SIZE=4096 bench/profile.sh
 #   PAIR_ARGS="--no-multiplex" bench/profile.sh  (any redis-pair local flags, e.g. --threads 2)
+#   CALLGRIND=0 bench/profile.sh             skip the callgrind pass (instructions per request)
 # Targets: TARGETS="redis-pair haproxy direct". Output: bench/out/profile-<time>/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -95,5 +96,33 @@ if [[ " $TARGETS " == *" redis-pair "* ]]; then
   bench "$PAIR_PORT" 20000 >/dev/null
   kill -INT "$ppid"; wait "$ppid" 2>/dev/null || true
   echo "--- redis-pair: strace -c -f over 20000 requests"; head -20 "$OUT/strace-redis-pair.txt"
+
+  # callgrind counts the instructions redis-pair itself executes (user space only, not the
+  # kernel), which is repeatable whatever else the machine does: a regression check for our
+  # own code rather than a speed measurement. Counters are zeroed after a warm-up, so start-up
+  # is not counted; the engine's probes during the window are (a few per second).
+  if [ "${CALLGRIND:-1}" = 1 ]; then
+    ensure_tools valgrind valgrind callgrind_control valgrind
+    CG_PORT=$((BASE_PORT + 16)) CG_ADMIN=$((BASE_PORT + 17)) CG_N=${CG_N:-20000}
+    # shellcheck disable=SC2086
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+      "$PAIR_BIN" local --listen "$HOST:$CG_PORT" --admin-listen "$HOST:$CG_ADMIN" \
+      --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" --drain-timeout 1s \
+      ${PAIR_ARGS:-} >"$OUT/redis-pair-callgrind.log" 2>&1 &
+    cgpid=$!; BENCH_PIDS+=("$cgpid")
+    for _ in $(seq 300); do curl -fsS -m 1 "http://$HOST:$CG_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    bench "$CG_PORT" 2000 >/dev/null
+    callgrind_control -z "$cgpid" >/dev/null 2>&1
+    bench "$CG_PORT" "$CG_N" >/dev/null
+    callgrind_control -d "$cgpid" >/dev/null 2>&1
+    kill -TERM "$cgpid"; wait "$cgpid" 2>/dev/null || true
+    dump=$(ls -t "$OUT"/callgrind.out* 2>/dev/null | grep -v '\.out$' | head -1)
+    if [ -n "$dump" ]; then
+      total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+      echo "--- redis-pair: callgrind: ${total:-?} instructions (user space) over $CG_N requests = $(( ${total:-0} / CG_N )) per request"
+    else
+      echo "--- redis-pair: callgrind produced no dump (see $OUT/redis-pair-callgrind.log)"
+    fi
+  fi
 fi 2>&1 | tee -a "$OUT/summary.txt"
 log "results in $OUT"
