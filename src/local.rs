@@ -119,9 +119,8 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         drain_timeout: args.drain_timeout,
         multiplex: !args.no_multiplex,
         shared_connections: usize::from(args.shared_connections),
-        max_client_backlog: usize::try_from(args.max_client_backlog_mib)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(1024 * 1024),
+        max_client_backlog: usize::try_from(u64::from(args.max_client_backlog_mib) << 20)
+            .unwrap_or(usize::MAX),
     };
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listener,

@@ -77,6 +77,20 @@ fn assert_failover(status: &support::Status, from: &str, to: &str, reason: &str,
     assert_eq!(status.epoch(), epoch, "epoch in {status}");
 }
 
+/// A proxied client pinned to a server connection of its own by a command that changes
+/// connection state (the shared path would keep it open through a failover).
+async fn pinned_client(pair: &RedisPair) -> Conn {
+    let mut pinned = pair.proxy_conn().await.unwrap();
+    assert!(
+        pinned
+            .cmd(&["CLIENT", "SETNAME", "pinned"])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    pinned
+}
+
 #[tokio::test]
 async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
     let (mut a, b) = master_and_replica().await;
@@ -90,14 +104,7 @@ async fn master_sigkill_promotes_replica_and_proxy_writes_land_on_it() {
         shared.cmd(&["PING"]).await.unwrap(),
         Resp::Simple("PONG".into())
     );
-    let mut pinned = pair.proxy_conn().await.unwrap();
-    assert!(
-        pinned
-            .cmd(&["CLIENT", "SETNAME", "pinned"])
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    let mut pinned = pinned_client(&pair).await;
 
     a.kill();
 
@@ -647,14 +654,7 @@ async fn failover_closes_client_connections_to_the_old_master() {
     let pair = RedisPair::builder().server(&a).server(&b).start().await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
 
-    let mut pinned = pair.proxy_conn().await.unwrap();
-    assert!(
-        pinned
-            .cmd(&["CLIENT", "SETNAME", "pinned"])
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    let mut pinned = pinned_client(&pair).await;
     let mut idle_shared = pair.proxy_conn().await.unwrap();
     assert_eq!(
         idle_shared.cmd(&["PING"]).await.unwrap(),

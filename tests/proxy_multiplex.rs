@@ -8,20 +8,9 @@ pub mod support;
 use std::time::Duration;
 
 use support::{
-    Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually, metric, resp::encode,
+    Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually, metric, proxied_pair,
+    resp::encode,
 };
-
-async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
-    let a = RedisServer::master().await;
-    let b = RedisServer::replica(&a).await;
-    let mut builder = RedisPair::builder().server(&a).server(&b);
-    for arg in extra {
-        builder = builder.arg(arg);
-    }
-    let pair = builder.start().await;
-    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
-    (a, b, pair)
-}
 
 fn bulk(bytes: impl AsRef<[u8]>) -> Resp {
     Resp::Bulk(bytes.as_ref().to_vec())
@@ -223,9 +212,8 @@ async fn a_half_closed_client_gets_every_reply_before_the_close() {
     let (_a, _b, pair) = proxied_pair(&[]).await;
     let mut conn = pair.proxy_conn().await.unwrap();
     let mut batch = Vec::new();
-    for i in 0..500 {
+    for _ in 0..500 {
         batch.extend_from_slice(&encode(&["INCR", "half-closed"]));
-        let _ = i;
     }
     conn.send_raw(&batch).await.unwrap();
     conn.shutdown_write().await.unwrap();

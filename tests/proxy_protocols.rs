@@ -7,20 +7,7 @@ pub mod support;
 
 use std::time::Duration;
 
-use support::{Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually};
-
-/// A master A, its replica B and redis-pair in front of them, with A published.
-async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
-    let a = RedisServer::master().await;
-    let b = RedisServer::replica(&a).await;
-    let mut builder = RedisPair::builder().server(&a).server(&b);
-    for arg in extra {
-        builder = builder.arg(arg);
-    }
-    let pair = builder.start().await;
-    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
-    (a, b, pair)
-}
+use support::{Conn, Resp, SETTLE_DEADLINE, eventually, proxied_pair};
 
 fn bulk(s: &str) -> Resp {
     Resp::Bulk(s.as_bytes().to_vec())

@@ -73,7 +73,7 @@ pub async fn serve(
     let mux = connector
         .config
         .multiplex
-        .then(|| Mux::new(connector.clone(), connector.config.shared_connections));
+        .then(|| Mux::new(connector.clone()));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -282,16 +282,7 @@ async fn copy_one_way(
             }
             Read::Backlogged(n) => {
                 bytes.inc_by(n as u64);
-                while !backlog.is_empty() {
-                    to.writable().await?;
-                    match to.try_write(&backlog) {
-                        Ok(n) => {
-                            backlog.drain(..n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                write_all(to, &backlog).await?;
                 backlog = Vec::new();
             }
         }

@@ -28,12 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::resp::{self, Reply, Request};
-use super::{Connector, SCRATCH, newer_epoch};
-use crate::engine::Published;
+use super::{Connector, SCRATCH, newer_epoch, write_all};
 use crate::metrics::ProxyMetrics;
 
 /// A client owed more than this many replies stops being read until some arrive, so a client
@@ -51,10 +50,11 @@ pub(super) struct Mux {
 }
 
 impl Mux {
-    pub(super) fn new(connector: Connector, size: usize) -> Arc<Self> {
+    pub(super) fn new(connector: Connector) -> Arc<Self> {
+        let size = connector.config.shared_connections.max(1);
         Arc::new(Self {
             connector,
-            pool: Mutex::new(vec![None; size.max(1)]),
+            pool: Mutex::new(vec![None; size]),
         })
     }
 
@@ -101,7 +101,8 @@ struct Upstream {
     state: Mutex<UpstreamState>,
     /// Replies owed on this connection, for choosing the least loaded one.
     load: AtomicUsize,
-    /// Mirrors `state.closed` for choosing without taking the lock.
+    /// Set once, under the `state` lock (so `submit` never queues on a closed connection);
+    /// atomic so that choosing a connection need not take that lock.
     closed: AtomicBool,
     /// Wakes the writer when requests are queued on an empty queue.
     queued: Notify,
@@ -113,7 +114,6 @@ struct UpstreamState {
     outgoing: Vec<u8>,
     /// Who is owed the next replies, in order.
     owed: VecDeque<Owed>,
-    closed: bool,
 }
 
 struct Owed {
@@ -126,7 +126,7 @@ impl Upstream {
     /// (the caller gets a new one and retries).
     fn submit(&self, client: &Arc<Client>, requests: &[u8], count: usize) -> bool {
         let mut state = lock(&self.state);
-        if state.closed {
+        if self.closed.load(Ordering::Relaxed) {
             return false;
         }
         client.owed.fetch_add(count, Ordering::Relaxed);
@@ -152,7 +152,7 @@ impl Upstream {
     async fn run(self: Arc<Self>, connector: Connector) {
         if let Some((epoch, stream)) = connector.connect_to_master().await {
             let _ = stream.set_nodelay(true);
-            let mut published: watch::Receiver<Published> = connector.published.clone();
+            let mut published = connector.published.clone();
             connector.metrics.shared_connections_open.inc();
             let ended = tokio::select! {
                 result = self.write_requests(&stream) => result,
@@ -171,7 +171,6 @@ impl Upstream {
     fn close(&self, metrics: &ProxyMetrics) {
         let owed = {
             let mut state = lock(&self.state);
-            state.closed = true;
             self.closed.store(true, Ordering::Relaxed);
             state.outgoing = Vec::new();
             std::mem::take(&mut state.owed)
@@ -194,14 +193,7 @@ impl Upstream {
                 self.queued.notified().await;
                 continue;
             }
-            let mut written = 0;
-            while written < writing.len() {
-                match stream.try_write(&writing[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-                    Err(e) => return Err(e),
-                }
-            }
+            write_all(stream, &writing).await?;
             writing.clear();
             if writing.capacity() > 4 * resp::MAX_SHARED_REQUEST {
                 writing = Vec::new();
@@ -248,10 +240,13 @@ impl Upstream {
     fn deliver(&self, buf: &[u8], mut start: usize, connector: &Connector) -> io::Result<usize> {
         let metrics = &connector.metrics;
         while start < buf.len() {
-            let (client, wanted) = match lock(&self.state).owed.front() {
-                Some(owed) => (owed.client.clone(), owed.replies),
-                None => return Err(out_of_step("a reply nobody asked for")),
+            // One lock per run of replies: find who is owed them, count the complete ones
+            // (a fast scan of headers), and take them off the queue.
+            let mut state = lock(&self.state);
+            let Some(front) = state.owed.front_mut() else {
+                return Err(out_of_step("a reply nobody asked for"));
             };
+            let wanted = front.replies;
             let mut end = start;
             let mut count = 0;
             while count < wanted {
@@ -267,18 +262,15 @@ impl Upstream {
             if count == 0 {
                 break;
             }
-            {
-                let mut state = lock(&self.state);
-                if let Some(front) = state.owed.front_mut() {
-                    front.replies -= count;
-                    if front.replies == 0 {
-                        state.owed.pop_front();
-                    }
-                }
+            front.replies -= count;
+            let client = front.client.clone();
+            if front.replies == 0 {
+                state.owed.pop_front();
             }
+            drop(state);
             self.load.fetch_sub(count, Ordering::Relaxed);
             if client.deliver(&buf[start..end], count, connector.config.max_client_backlog) {
-                connector.metrics.closed_slow_clients.inc();
+                metrics.closed_slow_clients.inc();
                 warn!(
                     limit_bytes = connector.config.max_client_backlog,
                     "closed a client that is not reading its replies: more than \
@@ -351,31 +343,31 @@ impl Client {
         let mut out = lock(&self.out);
         let mut wake = false;
         let mut over_limit = false;
-        if !out.gone && !out.failed && out.backlog.len() + replies.len() > backlog_limit {
+        if out.gone || out.failed {
+            // Nobody to hand them to: dropped.
+        } else if out.backlog.len() + replies.len() > backlog_limit {
             out.failed = true;
             out.backlog = Vec::new();
             over_limit = true;
             wake = true;
-        } else if !out.gone && !out.failed {
-            if out.backlog.is_empty() {
-                let mut written = 0;
-                while written < replies.len() {
-                    match self.stream.try_write(&replies[written..]) {
-                        Ok(n) => written += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            // The client's own task sees the broken socket too and ends.
-                            written = replies.len();
-                        }
+        } else if out.backlog.is_empty() {
+            let mut written = 0;
+            while written < replies.len() {
+                match self.stream.try_write(&replies[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // The client's own task sees the broken socket too and ends.
+                        written = replies.len();
                     }
                 }
-                if written < replies.len() {
-                    out.backlog.extend_from_slice(&replies[written..]);
-                    wake = true;
-                }
-            } else {
-                out.backlog.extend_from_slice(replies);
             }
+            if written < replies.len() {
+                out.backlog.extend_from_slice(&replies[written..]);
+                wake = true;
+            }
+        } else {
+            out.backlog.extend_from_slice(replies);
         }
         let owed = self.owed.fetch_sub(count, Ordering::Relaxed) - count;
         if out.wake_at_owed.is_some_and(|at| owed <= at) {

@@ -617,6 +617,19 @@ impl fmt::Display for Status {
 // redis-pair fixture
 // ---------------------------------------------------------------------------------------------
 
+/// A master A, its replica B and redis-pair in front of them with `extra` flags, A published.
+pub async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    let mut builder = RedisPair::builder().server(&a).server(&b);
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let pair = builder.start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    (a, b, pair)
+}
+
 /// Options for one `redis-pair local` process. Defaults are short so failovers take about a
 /// second: probe every 100ms, down after 1s.
 #[derive(Clone)]
