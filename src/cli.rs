@@ -72,7 +72,8 @@ pub struct LocalArgs {
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = duration)]
     pub down_after: Duration,
 
-    /// A client that connects while no master is published waits this long, then is closed.
+    /// A request (or a pinned client's connection) that finds no master published waits this
+    /// long, then the client is closed.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
     pub wait_for_master: Duration,
 
