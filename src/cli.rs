@@ -51,6 +51,12 @@ pub struct LocalArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
 
+    /// Also accept clients on this Unix socket (created 0666, replacing one left by a stopped
+    /// process, removed on exit). Clients on the same host or pod get the same service for
+    /// less CPU than over loopback TCP (docs/DECISIONS.md).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
+
     /// A Redis server of the group, HOST:PORT; give it once per server (at least two).
     #[arg(long = "server", value_name = "HOST:PORT", required = true)]
     pub servers: Vec<Endpoint>,

@@ -44,6 +44,8 @@ pub enum LocalError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("--listen-unix: {0}")]
+    ListenUnix(#[from] proxy::UnixListenError),
     #[error("--listen {0} is the address of a --server; the proxy would forward to itself")]
     ListenIsAServer(SocketAddr),
     #[error("{0}")]
@@ -78,7 +80,13 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         username: args.username.clone(),
         password: read_password(args.password_file.as_ref())?,
     };
-    let proxy_listener = bind("--listen", args.listen).await?;
+    let proxy_listeners = proxy::Listeners {
+        tcp: bind("--listen", args.listen).await?,
+        unix: match &args.listen_unix {
+            Some(path) => Some(proxy::UnixSocketListener::bind(path)?),
+            None => None,
+        },
+    };
     let admin_listener = bind("--admin-listen", args.admin_listen).await?;
 
     let metrics = Arc::new(Metrics::new());
@@ -123,7 +131,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             .unwrap_or(usize::MAX),
     };
     let proxy_task = tokio::spawn(proxy::serve(
-        proxy_listener,
+        proxy_listeners,
         handle.published.clone(),
         metrics.proxy.clone(),
         proxy_config,
@@ -131,6 +139,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     ));
     info!(
         listen = %args.listen,
+        listen_unix = args.listen_unix.as_ref().map(|p| p.display().to_string()),
         admin = %args.admin_listen,
         servers = %args.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "redis-pair local started"

@@ -143,3 +143,49 @@ async fn metrics_show_the_failover_epoch_master_and_proxied_traffic() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn unix_socket_left_by_a_killed_proxy_is_taken_over_and_removed_on_a_clean_stop() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    let dir = support::TestDir::new("unix-stale");
+    let path = dir.path().join("proxy.sock");
+    // What a process killed with SIGKILL leaves behind: the socket file, nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind the stale socket"));
+    assert!(path.exists());
+
+    let mut pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .unix_socket_at(&path)
+        .start()
+        .await;
+    let mut conn = pair
+        .proxy_conn()
+        .await
+        .expect("connect over the taken-over socket");
+    assert!(conn.cmd(&["SET", "over-unix", "1"]).await.unwrap().is_ok());
+    assert_eq!(
+        a.cmd(&["GET", "over-unix"]).await.unwrap(),
+        support::Resp::Bulk(b"1".to_vec()),
+        "the write reached the master"
+    );
+    drop(conn);
+    let meta = std::fs::symlink_metadata(&path).expect("socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o666,
+        "anyone who can reach the path may connect, as with the loopback port"
+    );
+
+    pair.terminate();
+    assert_eq!(pair.await_exit(Duration::from_secs(5)).await, 0);
+    assert!(
+        !path.exists(),
+        "a clean stop removes the socket file: {}",
+        path.display()
+    );
+}

@@ -466,17 +466,21 @@ fn random_command(rng: &mut Rng, prefix: &str) -> Vec<Vec<u8>> {
 
 /// Runs the same random script through the proxy and straight to the master, on two key
 /// spaces, from several clients at once, with requests split at random byte boundaries; every
-/// reply must match.
+/// reply must match. With a Unix socket, odd clients use it and even ones TCP, on the same
+/// shared connections.
 async fn proxy_replies_match_direct_replies(extra: &[&str]) {
     let (a, _b, pair) = proxied_pair(extra).await;
     let mut tasks = Vec::new();
     for client in 0..8u64 {
-        let proxy_addr = pair.proxy_addr().to_string();
+        let mut proxied = match pair.proxy_unix_path() {
+            Some(path) if client % 2 == 1 => Conn::connect_unix(path).await,
+            _ => Conn::connect(pair.proxy_addr()).await,
+        }
+        .expect("connect proxy");
         let direct_addr = a.addr();
         tasks.push(tokio::spawn(async move {
             let seed = 0x9E37_79B9_7F4A_7C15 ^ (client + 1);
             let mut rng = Rng(seed);
-            let mut proxied = Conn::connect(&proxy_addr).await.expect("connect proxy");
             let mut direct = Conn::connect(&direct_addr).await.expect("connect master");
             let mut in_multi = false;
             for batch_no in 0..40 {
@@ -553,6 +557,11 @@ async fn random_scripts_get_the_same_replies_through_the_proxy_as_direct() {
 #[tokio::test]
 async fn random_scripts_match_direct_on_a_multi_thread_runtime() {
     proxy_replies_match_direct_replies(&["--threads", "2", "--shared-connections", "2"]).await;
+}
+
+#[tokio::test]
+async fn random_scripts_match_direct_with_tcp_and_unix_socket_clients_mixed() {
+    proxy_replies_match_direct_replies(&[support::CLIENTS_OVER_UNIX_SOCKET]).await;
 }
 
 #[tokio::test]

@@ -175,11 +175,13 @@ async fn monitor_through_the_proxy_streams_commands_run_on_the_master(extra: &[&
 }
 
 /// Every check runs on the default current-thread runtime and on a multi-thread one
-/// (`--threads 2`), whose readiness handling differs (see `proxy::mux::after_short_read`).
-macro_rules! on_both_runtimes {
+/// (`--threads 2`), whose readiness handling differs (see `proxy::mux::after_short_read`),
+/// and with the client on the proxy's Unix socket (`--listen-unix`).
+macro_rules! on_both_runtimes_and_a_unix_socket {
     ($($check:ident),* $(,)?) => {
         $(
             mod $check {
+                use super::support;
                 #[tokio::test]
                 async fn current_thread() {
                     super::$check(&[]).await;
@@ -188,12 +190,16 @@ macro_rules! on_both_runtimes {
                 async fn multi_thread() {
                     super::$check(&["--threads", "2"]).await;
                 }
+                #[tokio::test]
+                async fn over_unix_socket() {
+                    super::$check(&[support::CLIENTS_OVER_UNIX_SOCKET]).await;
+                }
             }
         )*
     };
 }
 
-on_both_runtimes!(
+on_both_runtimes_and_a_unix_socket!(
     pubsub_message_published_on_the_master_reaches_a_subscriber_through_the_proxy,
     blpop_through_the_proxy_is_woken_by_a_push_on_the_master,
     multi_exec_through_the_proxy_runs_the_queued_commands,

@@ -16,6 +16,7 @@
 
 mod mux;
 mod resp;
+mod socket;
 
 use std::cell::RefCell;
 use std::io;
@@ -30,6 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use self::mux::{Client, CloseOnDrop, Mux, SharedEnd, serve_shared};
+pub use self::socket::{ClientSocket, UnixListenError, UnixSocketListener};
+use self::socket::{Socket, shutdown};
 use crate::engine::{Endpoint, Published};
 use crate::metrics::ProxyMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -50,10 +53,31 @@ pub struct ProxyConfig {
     pub max_client_backlog: usize,
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then drains: no new connections, open ones
+/// Where clients connect: a TCP address, and optionally a Unix socket as well.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub unix: Option<UnixSocketListener>,
+}
+
+impl Listeners {
+    async fn accept(&self) -> io::Result<ClientSocket> {
+        let unix = async {
+            match &self.unix {
+                Some(unix) => unix.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = self.tcp.accept() => accepted.map(|(stream, _)| ClientSocket::Tcp(stream)),
+            accepted = unix => accepted.map(ClientSocket::Unix),
+        }
+    }
+}
+
+/// Serves `listeners` until `shutdown` is cancelled, then drains: no new connections, open ones
 /// get `drain_timeout` to finish and are closed after that.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     published: watch::Receiver<Published>,
     metrics: ProxyMetrics,
     config: ProxyConfig,
@@ -77,10 +101,10 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listeners.accept() => accepted,
         };
         let client = match accepted {
-            Ok((client, _)) => client,
+            Ok(client) => client,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning on the error.
                 warn!(error = %error, "accept failed");
@@ -101,7 +125,7 @@ pub async fn serve(
             connector.metrics.connections_open.dec();
         });
     }
-    drop(listener);
+    drop(listeners);
     connections.close();
     let open = connections.len();
     if open > 0 {
@@ -120,8 +144,10 @@ pub async fn serve(
     }
 }
 
-async fn serve_client(connector: &Connector, mux: Option<&Arc<Mux>>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn serve_client(connector: &Connector, mux: Option<&Arc<Mux>>, stream: ClientSocket) {
+    if let ClientSocket::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let Some(mux) = mux else {
         connector.pinned(&stream, &[]).await;
         return;
@@ -148,7 +174,7 @@ struct Connector {
 impl Connector {
     /// Gives the client a server connection of its own: sends `first` (bytes already read
     /// from the client), then copies both ways.
-    async fn pinned(&self, client: &TcpStream, first: &[u8]) {
+    async fn pinned(&self, client: &ClientSocket, first: &[u8]) {
         let Some((epoch, upstream)) = self.connect_to_master().await else {
             return;
         };
@@ -206,7 +232,7 @@ impl Connector {
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     }
 
-    async fn copy_both_ways(&self, client: &TcpStream, upstream: &TcpStream) -> io::Result<()> {
+    async fn copy_both_ways(&self, client: &ClientSocket, upstream: &TcpStream) -> io::Result<()> {
         tokio::try_join!(
             copy_one_way(
                 client,
@@ -225,7 +251,7 @@ impl Connector {
     }
 }
 
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &impl Socket, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         match stream.try_write(bytes) {
             Ok(n) => bytes = &bytes[n..],
@@ -262,8 +288,8 @@ enum Read {
 /// when the destination cannot take them all does the remainder go to a per-connection
 /// backlog, which is freed once written.
 async fn copy_one_way(
-    from: &TcpStream,
-    to: &TcpStream,
+    from: &impl Socket,
+    to: &impl Socket,
     bytes: &Counter,
     single_thread: bool,
 ) -> io::Result<()> {
@@ -274,7 +300,7 @@ async fn copy_one_way(
             .with_borrow_mut(|scratch| forward(from, to, scratch, &mut backlog, single_thread))?;
         match read {
             Read::Eof => {
-                return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return shutdown(to, std::net::Shutdown::Write);
             }
             Read::Nothing => {}
             Read::Forwarded(n) => {
@@ -292,8 +318,8 @@ async fn copy_one_way(
 /// One read and as much of its write as the destination takes now; no await inside, so the
 /// thread-local scratch buffer is never held across a suspension.
 fn forward(
-    from: &TcpStream,
-    to: &TcpStream,
+    from: &impl Socket,
+    to: &impl Socket,
     scratch: &mut [u8],
     backlog: &mut Vec<u8>,
     single_thread: bool,

@@ -26,12 +26,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::resp::{self, Reply, Request};
+use super::socket::{ClientSocket, Socket, shutdown};
 use super::{Connector, SCRATCH, newer_epoch, write_all};
 use crate::metrics::ProxyMetrics;
 
@@ -296,7 +296,7 @@ fn out_of_step(what: &str) -> io::Error {
 
 /// A client on the shared path, as the upstream's reader sees it: where its replies go.
 pub(super) struct Client {
-    stream: TcpStream,
+    stream: ClientSocket,
     /// Replies owed to this client on the shared connection.
     owed: AtomicUsize,
     out: Mutex<ClientOut>,
@@ -318,7 +318,7 @@ struct ClientOut {
 }
 
 impl Client {
-    pub(super) fn new(stream: TcpStream) -> Arc<Self> {
+    pub(super) fn new(stream: ClientSocket) -> Arc<Self> {
         Arc::new(Self {
             stream,
             owed: AtomicUsize::new(0),
@@ -327,7 +327,7 @@ impl Client {
         })
     }
 
-    pub(super) fn stream(&self) -> &TcpStream {
+    pub(super) fn stream(&self) -> &ClientSocket {
         &self.stream
     }
 
@@ -435,7 +435,7 @@ pub(super) struct CloseOnDrop(pub(super) Arc<Client>);
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         lock(&self.0.out).gone = true;
-        let _ = socket2::SockRef::from(&self.0.stream).shutdown(std::net::Shutdown::Both);
+        let _ = shutdown(&self.0.stream, std::net::Shutdown::Both);
     }
 }
 
@@ -514,7 +514,7 @@ async fn serve_shared_inner(client: &Arc<Client>, mux: &Arc<Mux>) -> io::Result<
                 while !is_failed(client) && !client.flush()? {
                     client.stream.writable().await?;
                 }
-                let _ = socket2::SockRef::from(&client.stream).shutdown(std::net::Shutdown::Write);
+                let _ = shutdown(&client.stream, std::net::Shutdown::Write);
                 return Ok(SharedEnd::Closed);
             }
         }
@@ -598,11 +598,9 @@ async fn wait_for_owed(client: &Client, at: usize) {
 /// runtime the I/O driver may have recorded new data since the read, on another thread. That
 /// wakeup would be lost and the connection would hang with data waiting (found by
 /// `random_scripts_match_direct_on_a_multi_thread_runtime`, 2 runs in 15).
-pub(super) fn after_short_read(stream: &TcpStream, single_thread: bool) {
+pub(super) fn after_short_read(stream: &impl Socket, single_thread: bool) {
     if single_thread {
-        let _ = stream.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-        });
+        stream.clear_read_readiness();
     }
 }
 

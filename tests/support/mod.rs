@@ -623,12 +623,20 @@ pub async fn proxied_pair(extra: &[&str]) -> (RedisServer, RedisServer, RedisPai
     let b = RedisServer::replica(&a).await;
     let mut builder = RedisPair::builder().server(&a).server(&b);
     for arg in extra {
-        builder = builder.arg(arg);
+        builder = if *arg == CLIENTS_OVER_UNIX_SOCKET {
+            builder.clients_over_unix_socket()
+        } else {
+            builder.arg(arg)
+        };
     }
     let pair = builder.start().await;
     pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
     (a, b, pair)
 }
+
+/// In the options of `proxied_pair`: the proxy also listens on a Unix socket
+/// (`--listen-unix`), and `RedisPair::proxy_conn` connects through that.
+pub const CLIENTS_OVER_UNIX_SOCKET: &str = "(clients over a Unix socket)";
 
 /// Options for one `redis-pair local` process. Defaults are short so failovers take about a
 /// second: probe every 100ms, down after 1s.
@@ -642,6 +650,14 @@ pub struct PairBuilder {
     drain_timeout: Duration,
     env: Vec<(String, String)>,
     extra_args: Vec<String>,
+    unix_socket: UnixSocket,
+}
+
+#[derive(Clone)]
+enum UnixSocket {
+    None,
+    InTestDir,
+    At(PathBuf),
 }
 
 /// The value of one series in a Prometheus text exposition, e.g.
@@ -681,6 +697,18 @@ impl PairBuilder {
         self.extra_args.push(arg.to_string());
         self
     }
+    /// Also listen on a Unix socket in the test's directory; `proxy_conn` uses it.
+    pub fn clients_over_unix_socket(mut self) -> Self {
+        self.unix_socket = UnixSocket::InTestDir;
+        self
+    }
+
+    /// Also listen on the Unix socket at `path`; `proxy_conn` uses it.
+    pub fn unix_socket_at(mut self, path: &Path) -> Self {
+        self.unix_socket = UnixSocket::At(path.to_path_buf());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -726,9 +754,17 @@ impl PairBuilder {
             let log = dir.path().join("redis-pair.log");
             let out = File::create(&log).expect("create log");
             let err = out.try_clone().expect("clone log handle");
+            let unix = match &self.unix_socket {
+                UnixSocket::None => None,
+                UnixSocket::InTestDir => Some(dir.path().join("redis-pair.sock")),
+                UnixSocket::At(path) => Some(path.clone()),
+            };
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-pair"));
-            cmd.args(self.args(listen, admin))
-                .env_remove("REDISPAIR_USERNAME")
+            cmd.args(self.args(listen, admin));
+            if let Some(path) = &unix {
+                cmd.arg("--listen-unix").arg(path);
+            }
+            cmd.env_remove("REDISPAIR_USERNAME")
                 .env_remove("REDISPAIR_PASSWORD")
                 .env("RUST_LOG", "debug")
                 .env("RUST_BACKTRACE", "1")
@@ -744,6 +780,7 @@ impl PairBuilder {
                 child: Some(child),
                 listen: format!("127.0.0.1:{listen}"),
                 admin: format!("127.0.0.1:{admin}"),
+                unix,
                 probe_interval: self.probe_interval,
                 down_after: self.down_after,
                 log,
@@ -772,6 +809,7 @@ pub struct RedisPair {
     child: Option<Child>,
     listen: String,
     admin: String,
+    unix: Option<PathBuf>,
     pub probe_interval: Duration,
     pub down_after: Duration,
     log: PathBuf,
@@ -789,6 +827,7 @@ impl RedisPair {
             drain_timeout: Duration::from_secs(1),
             env: Vec::new(),
             extra_args: Vec::new(),
+            unix_socket: UnixSocket::None,
         }
     }
 
@@ -883,9 +922,18 @@ impl RedisPair {
         .await
     }
 
-    /// A new client connection through the proxy.
+    /// The proxy's Unix socket (`--listen-unix`), if it was started with one.
+    pub fn proxy_unix_path(&self) -> Option<&Path> {
+        self.unix.as_deref()
+    }
+
+    /// A new client connection through the proxy: over its Unix socket if it has one, else
+    /// over TCP.
     pub async fn proxy_conn(&self) -> std::io::Result<Conn> {
-        Conn::connect(&self.listen).await
+        match &self.unix {
+            Some(path) => Conn::connect_unix(path).await,
+            None => Conn::connect(&self.listen).await,
+        }
     }
 
     /// Runs one command through the proxy on a fresh connection until it gets a non-error

@@ -6,12 +6,12 @@
 
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
 
 /// How long a single request/reply may take before the client gives up (a test failure).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,10 +90,13 @@ pub fn encode<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     out
 }
 
-/// One client connection (direct to a redis-server or through the proxy).
+type Reader = BufReader<Box<dyn AsyncRead + Unpin + Send>>;
+
+/// One client connection (direct to a redis-server or through the proxy), over TCP or a
+/// Unix socket.
 pub struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
 }
 
 impl Conn {
@@ -105,10 +108,30 @@ impl Conn {
             })??;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
-        Ok(Conn {
-            reader: BufReader::with_capacity(64 * 1024, r),
-            writer: w,
-        })
+        Ok(Conn::from_halves(Box::new(r), Box::new(w)))
+    }
+
+    pub async fn connect_unix(path: &Path) -> io::Result<Conn> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect {} timed out", path.display()),
+                )
+            })??;
+        let (r, w) = stream.into_split();
+        Ok(Conn::from_halves(Box::new(r), Box::new(w)))
+    }
+
+    fn from_halves(
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        writer: Box<dyn AsyncWrite + Unpin + Send>,
+    ) -> Conn {
+        Conn {
+            reader: BufReader::with_capacity(64 * 1024, reader),
+            writer,
+        }
     }
 
     /// Connects and authenticates with `AUTH password` when a password is given.
@@ -210,7 +233,7 @@ pub fn is_close_error(e: &io::Error) -> bool {
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-async fn read_line(r: &mut BufReader<OwnedReadHalf>) -> io::Result<String> {
+async fn read_line(r: &mut Reader) -> io::Result<String> {
     let mut line = Vec::new();
     let n = r.read_until(b'\n', &mut line).await?;
     if n == 0 {
@@ -234,14 +257,14 @@ fn parse_len(s: &str) -> io::Result<i64> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad length {s:?}")))
 }
 
-async fn read_blob(r: &mut BufReader<OwnedReadHalf>, len: i64) -> io::Result<Vec<u8>> {
+async fn read_blob(r: &mut Reader, len: i64) -> io::Result<Vec<u8>> {
     let mut data = vec![0u8; len as usize + 2];
     r.read_exact(&mut data).await?;
     data.truncate(len as usize);
     Ok(data)
 }
 
-async fn read_many(r: &mut BufReader<OwnedReadHalf>, n: i64) -> io::Result<Vec<Resp>> {
+async fn read_many(r: &mut Reader, n: i64) -> io::Result<Vec<Resp>> {
     let mut items = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n {
         items.push(read_value(r).await?);
@@ -249,7 +272,7 @@ async fn read_many(r: &mut BufReader<OwnedReadHalf>, n: i64) -> io::Result<Vec<R
     Ok(items)
 }
 
-fn read_value(r: &mut BufReader<OwnedReadHalf>) -> BoxFut<'_, io::Result<Resp>> {
+fn read_value(r: &mut Reader) -> BoxFut<'_, io::Result<Resp>> {
     Box::pin(async move {
         let line = read_line(r).await?;
         let (kind, rest) = line.split_at(1.min(line.len()));
