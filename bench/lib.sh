@@ -8,8 +8,9 @@ HOST=127.0.0.1
 
 # Every process we start is recorded here and killed on exit (by pid, nothing else).
 BENCH_PIDS=()
+BENCH_DIRS=()   # temporary directories, removed on exit
 cleanup() {
-  local pid
+  local pid dir
   for pid in "${BENCH_PIDS[@]}"; do
     kill -CONT "$pid" 2>/dev/null || true   # a SIGSTOPped server must be able to die
     kill -TERM "$pid" 2>/dev/null || true
@@ -19,6 +20,9 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  for dir in "${BENCH_DIRS[@]}"; do
+    rm -rf -- "$dir"
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -102,6 +106,8 @@ role_of() { rcli "$1" ROLE 2>/dev/null | head -1; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
+# "busy idle" jiffies of the whole machine (all CPUs): what every process together used.
+machine_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6; exit}' /proc/stat; }
 
 machine_info() {
   echo "nproc: $(nproc)"

@@ -5,8 +5,12 @@
 #
 #   bench/proxy.sh                 full run: n=200000, 3 rounds (about 8-10 min on 2 cores)
 #   QUICK=1 bench/proxy.sh         n=20000, 2 rounds (about 1 min)
+#   UNIX=1 bench/proxy.sh          also each proxy with the client on a Unix socket
+#                                  (haproxy-unix, twemproxy-unix, redis-pair-unix; Redis itself
+#                                  stays on TCP, as it is in another pod in production)
 #
-# Knobs (environment): ROUNDS, N, TARGETS="direct haproxy twemproxy redis-pair",
+# Knobs (environment): ROUNDS, N, TARGETS="direct haproxy twemproxy redis-pair" (also:
+#   haproxy-unix twemproxy-unix redis-pair-unix, and direct-unix: Redis's own Unix socket),
 #   WORKLOADS="c50-P1-d3 ..." (clients, pipeline, value bytes), BASE_PORT (17100),
 #   SKIP_BUILD=1, PAIR_BIN=path, PAIR_ARGS="extra redis-pair local flags",
 #   PAIR_ALT_ARGS="--threads 1": adds target redis-pair-alt, a second redis-pair with these flags
@@ -23,6 +27,7 @@ else
   N=${N:-200000}; ROUNDS=${ROUNDS:-3}
 fi
 TARGETS=${TARGETS:-"direct haproxy twemproxy redis-pair"}
+[ "${UNIX:-0}" = 1 ] && TARGETS+=" haproxy-unix twemproxy-unix redis-pair-unix"
 WORKLOADS=${WORKLOADS:-"c50-P1-d3 c50-P1-d4096 c50-P16-d3 c50-P16-d4096 c500-P1-d3 c500-P1-d4096"}
 BASE_PORT=${BASE_PORT:-17100}
 MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
@@ -34,6 +39,9 @@ ALT_PORT=$((BASE_PORT + 16)) ALT_ADMIN=$((BASE_PORT + 17))
 
 OUT=${OUT:-$BENCH_DIR/out/proxy-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
+# Unix sockets of the *-unix targets (a short path: sun_path holds 107 bytes).
+SOCK_DIR=$(mktemp -d /tmp/redis-pair-bench.XXXXXX)
+BENCH_DIRS+=("$SOCK_DIR")
 
 # --- prerequisites -------------------------------------------------------------------------
 ensure_tools redis-server redis-server redis-benchmark redis-tools redis-cli redis-tools \
@@ -43,20 +51,26 @@ if [[ " $TARGETS " == *" redis-pair"* ]]; then
   if ! build_pair; then
     [ "${REQUIRE_PAIR:-0}" = 1 ] && die "redis-pair does not build or has no 'local' subcommand"
     log "warning: redis-pair does not build or has no 'local' subcommand: skipping it"
-    TARGETS=$(echo " $TARGETS " | sed 's/ redis-pair-alt / /; s/ redis-pair / /')
+    TARGETS=$(echo " $TARGETS " | sed 's/ redis-pair-alt / /; s/ redis-pair-unix / /; s/ redis-pair / /')
   fi
 fi
 machine_info | tee "$OUT/machine.txt" >&2
 echo "N=$N ROUNDS=$ROUNDS TARGETS=$TARGETS WORKLOADS=$WORKLOADS PAIR_ARGS=${PAIR_ARGS:-} PAIR_ALT_ARGS=${PAIR_ALT_ARGS:-} PAIR_BIN=$PAIR_BIN PAIR_ALT_BIN=${PAIR_ALT_BIN:-}" | tee "$OUT/params.txt" >&2
 
 # --- the pair and the proxies ----------------------------------------------------------------
-start_redis "$MASTER_PORT" "$OUT/redis"
+start_redis "$MASTER_PORT" "$OUT/redis" --unixsocket "$SOCK_DIR/redis.sock" --unixsocketperm 600
 start_redis "$REPLICA_PORT" "$OUT/redis" --replicaof "$HOST" "$MASTER_PORT"
 wait_replica_synced "$REPLICA_PORT" || die "replica did not sync"
 
-declare -A PORT PID
-PORT[direct]=$MASTER_PORT
+# PID: the process whose CPU and RSS a target's row reports; CONN: redis-benchmark's
+# connection arguments for it.
+declare -A CONN PID
+CONN[direct]="-h $HOST -p $MASTER_PORT"
 PID[direct]=$(eval echo "\$REDIS_PID_$MASTER_PORT")
+CONN[direct-unix]="-s $SOCK_DIR/redis.sock"
+PID[direct-unix]=${PID[direct]}
+MASTER_PID=${PID[direct]}
+REPLICA_PID=$(eval echo "\$REDIS_PID_$REPLICA_PORT")
 
 start_haproxy() {
   cat >"$OUT/haproxy.cfg" <<EOF
@@ -70,12 +84,14 @@ defaults
     timeout server 1m
 frontend redis
     bind $HOST:$HAPROXY_PORT
+    bind $SOCK_DIR/haproxy.sock mode 666
     default_backend master
 backend master
     server m $HOST:$MASTER_PORT
 EOF
   haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
-  PID[haproxy]=$!; BENCH_PIDS+=("$!"); PORT[haproxy]=$HAPROXY_PORT
+  PID[haproxy]=$!; BENCH_PIDS+=("$!"); CONN[haproxy]="-h $HOST -p $HAPROXY_PORT"
+  PID[haproxy-unix]=${PID[haproxy]}; CONN[haproxy-unix]="-s $SOCK_DIR/haproxy.sock"
   wait_port "$HAPROXY_PORT" || die "haproxy did not start (see $OUT/haproxy.log)"
 }
 
@@ -92,9 +108,20 @@ pair:
   server_connections: 1
   servers:
    - $HOST:$MASTER_PORT:1
+pair_unix:
+  listen: $SOCK_DIR/twemproxy.sock 0666
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  timeout: 5000
+  server_connections: 1
+  servers:
+   - $HOST:$MASTER_PORT:1
 EOF
   nutcracker -c "$OUT/nutcracker.yml" -s "$TWEM_STATS" -a "$HOST" -o "$OUT/nutcracker.log" &
-  PID[twemproxy]=$!; BENCH_PIDS+=("$!"); PORT[twemproxy]=$TWEM_PORT
+  PID[twemproxy]=$!; BENCH_PIDS+=("$!"); CONN[twemproxy]="-h $HOST -p $TWEM_PORT"
+  PID[twemproxy-unix]=${PID[twemproxy]}; CONN[twemproxy-unix]="-s $SOCK_DIR/twemproxy.sock"
   wait_port "$TWEM_PORT" || die "nutcracker did not start (see $OUT/nutcracker.log)"
 }
 
@@ -102,9 +129,10 @@ start_pair() { # target listen_port admin_port extra_args binary
   local t=$1 port=$2 admin=$3
   # shellcheck disable=SC2086
   "$5" local --listen "$HOST:$port" --admin-listen "$HOST:$admin" \
-    --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" $4 \
-    >"$OUT/$t.log" 2>&1 &
-  PID[$t]=$!; BENCH_PIDS+=("$!"); PORT[$t]=$port
+    --server "$HOST:$MASTER_PORT" --server "$HOST:$REPLICA_PORT" \
+    --listen-unix "$SOCK_DIR/$t.sock" $4 >"$OUT/$t.log" 2>&1 &
+  PID[$t]=$!; BENCH_PIDS+=("$!"); CONN[$t]="-h $HOST -p $port"
+  PID[$t-unix]=${PID[$t]}; CONN[$t-unix]="-s $SOCK_DIR/$t.sock"
   local i
   for i in $(seq 1 100); do
     if curl -fsS -m 1 "http://$HOST:$admin/readyz" >/dev/null 2>&1 &&
@@ -117,11 +145,16 @@ start_pair() { # target listen_port admin_port extra_args binary
   return 1
 }
 
+needs() { [[ " $TARGETS " == *" $1 "* || " $TARGETS " == *" $1-unix "* ]]; }
+needs haproxy && start_haproxy
+needs twemproxy && start_twemproxy
 for t in $TARGETS; do
   case $t in
-    direct) ;;
-    haproxy) start_haproxy ;;
-    twemproxy) start_twemproxy ;;
+    direct|direct-unix|haproxy|haproxy-unix|twemproxy|twemproxy-unix) ;;
+    redis-pair-unix)
+      [[ " $TARGETS " == *" redis-pair "* ]] ||
+        start_pair redis-pair "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" "$PAIR_BIN" ||
+        die "redis-pair did not become ready (see $OUT/redis-pair.log)" ;;
     redis-pair|redis-pair-alt)
       if [ "$t" = redis-pair ]; then ok=0; start_pair "$t" "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" "$PAIR_BIN" || ok=$?
       else ok=0; start_pair "$t" "$ALT_PORT" "$ALT_ADMIN" "${PAIR_ALT_ARGS:-}" "${PAIR_ALT_BIN:-$PAIR_BIN}" || ok=$?; fi
@@ -137,40 +170,52 @@ done
 sleep 1
 : >"$OUT/rss_idle.tsv"
 for t in $TARGETS; do
-  [ "$t" = direct ] && continue
+  [[ $t == direct* ]] && continue
   printf '%s\tstart\t%s\n' "$t" "$(rss_kb "${PID[$t]}")" >>"$OUT/rss_idle.tsv"
 done
 
 # --- the runs ---------------------------------------------------------------------------------
-printf 'round\tworkload\ttarget\ttest\trps\tp50_ms\tp99_ms\tcpu_s_per_M\trss_peak_kb\n' >"$OUT/results.tsv"
+printf 'round\tworkload\ttarget\ttest\trps\tp50_ms\tp99_ms\tcpu_s_per_M\trss_peak_kb\tredis_cpu_s_per_M\tmachine_cpu_s_per_M\tidle_pct\n' >"$OUT/results.tsv"
 read -ra TLIST <<<"$TARGETS"
 NT=${#TLIST[@]}
 
 run_one() { # round workload target
   local round=$1 wl=$2 t=$3 c p d
   IFS=- read -r c p d <<<"$wl"; c=${c#c}; p=${p#P}; d=${d#d}
-  local pid=${PID[$t]} port=${PORT[$t]} base="$OUT/r$1-$2-$3"
-  local t0 t1 spid rc=0
+  local pid=${PID[$t]} base="$OUT/r$1-$2-$3"
+  local t0 t1 spid rc=0 r0 r1 m0 m1 mb0 mi0 mb1 mi1
   t0=$(cpu_ticks "$pid")
+  r0=$(( $(cpu_ticks "$MASTER_PID") + $(cpu_ticks "$REPLICA_PID") ))
+  m0=$(machine_jiffies)
   ( while :; do rss_kb "$pid"; sleep 0.1; done ) >"$base.rss" 2>/dev/null &
   spid=$!; BENCH_PIDS+=("$spid")
-  redis-benchmark -h "$HOST" -p "$port" -t set,get -n "$N" -c "$c" -P "$p" -d "$d" --csv \
+  # shellcheck disable=SC2086
+  redis-benchmark ${CONN[$t]} -t set,get -n "$N" -c "$c" -P "$p" -d "$d" --csv \
     >"$base.csv" 2>"$base.err" || rc=$?
   kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
   t1=$(cpu_ticks "$pid")
-  local cpu rss
+  r1=$(( $(cpu_ticks "$MASTER_PID") + $(cpu_ticks "$REPLICA_PID") ))
+  m1=$(machine_jiffies)
+  local cpu rss rcpu mcpu idle
   cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$N" 'BEGIN{printf "%.3f", (b-a)/hz/(2*n)*1e6}')
+  rcpu=$(awk -v a="$r0" -v b="$r1" -v hz="$CLK_TCK" -v n="$N" 'BEGIN{printf "%.3f", (b-a)/hz/(2*n)*1e6}')
+  # Busy time of the whole machine per request (client, both Redis servers, the proxy and
+  # anything else), and how idle the CPUs were: near 0 % idle, the run was CPU-bound.
+  read -r mb0 mi0 <<<"$m0"; read -r mb1 mi1 <<<"$m1"
+  mcpu=$(awk -v a="$mb0" -v b="$mb1" -v hz="$CLK_TCK" -v n="$N" 'BEGIN{printf "%.3f", (b-a)/hz/(2*n)*1e6}')
+  idle=$(awk -v b=$((mb1 - mb0)) -v i=$((mi1 - mi0)) 'BEGIN{printf "%.1f", (b+i) ? 100*i/(b+i) : 0}')
   rss=$(sort -n "$base.rss" | tail -1); rss=${rss:-0}
   if [ $rc -ne 0 ] || ! grep -q '^"SET"' "$base.csv"; then
     log "  $wl $t: redis-benchmark failed (rc=$rc): $(tr '\n' ' ' <"$base.err" | cut -c1-200)"
-    printf '%s\t%s\t%s\tSET\tNA\tNA\tNA\t%s\t%s\n' "$round" "$wl" "$t" "$cpu" "$rss" >>"$OUT/results.tsv"
+    printf '%s\t%s\t%s\tSET\tNA\tNA\tNA\t%s\t%s\t%s\t%s\t%s\n' "$round" "$wl" "$t" "$cpu" "$rss" "$rcpu" "$mcpu" "$idle" >>"$OUT/results.tsv"
     return
   fi
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   tr -d '"' <"$base.csv" | awk -F, -v r="$round" -v w="$wl" -v t="$t" -v cpu="$cpu" -v rss="$rss" \
-    'NR>1 {printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, w, t, $1, $2, $5, $7, cpu, rss}' \
+    -v rcpu="$rcpu" -v mcpu="$mcpu" -v idle="$idle" \
+    'NR>1 {printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, w, t, $1, $2, $5, $7, cpu, rss, rcpu, mcpu, idle}' \
     >>"$OUT/results.tsv"
-  log "  $wl $(printf '%-10s' "$t") $(tr -d '"' <"$base.csv" | awk -F, 'NR>1{printf "%s %.0f/s p50 %s p99 %s   ", $1, $2, $5, $7}')cpu ${cpu}s/M rss ${rss}kB"
+  log "  $wl $(printf '%-10s' "$t") $(tr -d '"' <"$base.csv" | awk -F, 'NR>1{printf "%s %.0f/s p50 %s p99 %s   ", $1, $2, $5, $7}')cpu ${cpu}s/M rss ${rss}kB redis ${rcpu}s/M all ${mcpu}s/M idle ${idle}%"
 }
 
 # Other load on the machine skews everything: keep a record of who used the CPUs.
@@ -192,7 +237,7 @@ done
 log "runs took $(( $(date +%s) - START )) s"
 sleep 2
 for t in $TARGETS; do
-  [ "$t" = direct ] && continue
+  [[ $t == direct* ]] && continue
   printf '%s\tafter\t%s\n' "$t" "$(rss_kb "${PID[$t]}")" >>"$OUT/rss_idle.tsv"
 done
 

@@ -16,7 +16,8 @@ for r in rows:
         targets.append(r["target"])
     if r["workload"] not in workloads:
         workloads.append(r["workload"])
-order = ["direct", "haproxy", "twemproxy", "redis-pair", "redis-pair-alt"]
+order = ["direct", "haproxy", "twemproxy", "redis-pair", "redis-pair-alt",
+         "direct-unix", "haproxy-unix", "twemproxy-unix", "redis-pair-unix"]
 targets.sort(key=lambda t: order.index(t) if t in order else 99)
 
 
@@ -54,11 +55,11 @@ for w in workloads:
             ratio = rps / base if (rps and base) else None
             if ratio is not None and t != "direct":
                 ratios[(t, w.split("-")[1])].append(ratio)
-            cpu = med(r["cpu_s_per_M"] for r in rs) if t != "direct" else None
+            cpu = med(r["cpu_s_per_M"] for r in rs) if not t.startswith("direct") else None
             # RSS is not given back after a -c 500 run, so a later round's peak includes it: take
             # the lowest peak over the rounds (round 1 runs the workloads in order).
             rss = [float(r["rss_peak_kb"]) for r in rs if r["rss_peak_kb"] not in ("NA", "", "0")]
-            rss = min(rss) / 1024 if (rss and t != "direct") else None
+            rss = min(rss) / 1024 if (rss and not t.startswith("direct")) else None
             print(f"| {wl_name(w)} | {test} | {t} | {fmt(rps, ',.0f')} | "
                   f"{fmt(med(r['p50_ms'] for r in rs), '.3f')} | {fmt(med(r['p99_ms'] for r in rs), '.3f')} | "
                   f"{fmt(ratio, '.2f')} | {fmt(cpu, '.2f')} | {fmt(rss, '.1f')} |")
@@ -92,9 +93,49 @@ for r in rows:
 print("| proxy | RSS idle at start MiB | RSS peak under load MiB | RSS idle after the runs MiB | CPU s/M req (median over all runs) |")
 print("|---|---:|---:|---:|---:|")
 for t in targets:
-    if t == "direct":
+    if t.startswith("direct"):
         continue
     cpu = med(r["cpu_s_per_M"] for r in rows if r["target"] == t and r["test"] == "SET")
     s, a = idle[t].get("start"), idle[t].get("after")
     print(f"| {t} | {fmt(s and s / 1024, '.1f')} | {fmt(peak[t] / 1024, '.1f')} | "
           f"{fmt(a and a / 1024, '.1f')} | {fmt(cpu, '.2f')} |")
+
+
+# Is each run CPU-bound, and does the CPU the whole machine spends per request explain the
+# throughput? One redis-benchmark invocation runs SET then GET: its requests per second are
+# 2N over the time of both, and the machine's busy time covers both.
+if rows and "machine_cpu_s_per_M" in rows[0]:
+    print()
+    print("Whole machine, per redis-benchmark run (SET and GET together; median over rounds). "
+          "*All CPU* is the busy time of both cores per request: client, both redis-servers, "
+          "the proxy. *Predicted* is direct's all-CPU divided by the target's: the ratio to "
+          "direct that the extra CPU alone would give on CPUs kept busy.")
+    print()
+    print("| workload | target | req/s | × direct | all CPU µs/req | idle % | predicted × direct | redis-servers CPU µs/req | proxy CPU µs/req |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def run_rps(rs):
+        by_round = defaultdict(dict)
+        for r in rs:
+            if r["rps"] not in ("NA", ""):
+                by_round[r["round"]][r["test"]] = float(r["rps"])
+        vals = [2 / (1 / v["SET"] + 1 / v["GET"]) for v in by_round.values() if len(v) == 2]
+        return statistics.median(vals) if vals else None
+
+    for w in workloads:
+        runs = {t: [r for r in rows if r["workload"] == w and r["target"] == t] for t in targets}
+        base_rps = run_rps(runs.get("direct", []))
+        base_cpu = med(r["machine_cpu_s_per_M"] for r in runs.get("direct", []))
+        for t in targets:
+            rs = runs[t]
+            if not rs:
+                continue
+            rps = run_rps(rs)
+            cpu = med(r["machine_cpu_s_per_M"] for r in rs)
+            predicted = base_cpu / cpu if (base_cpu and cpu) else None
+            ratio = rps / base_rps if (rps and base_rps) else None
+            proxy = med(r["cpu_s_per_M"] for r in rs) if not t.startswith("direct") else None
+            print(f"| {wl_name(w)} | {t} | {fmt(rps, ',.0f')} | {fmt(ratio, '.2f')} | "
+                  f"{fmt(cpu, '.1f')} | {fmt(med(r['idle_pct'] for r in rs), '.1f')} | "
+                  f"{fmt(predicted, '.2f')} | {fmt(med(r['redis_cpu_s_per_M'] for r in rs), '.1f')} | "
+                  f"{fmt(proxy, '.1f')} |")
