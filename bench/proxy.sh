@@ -27,7 +27,11 @@ else
   N=${N:-200000}; ROUNDS=${ROUNDS:-3}
 fi
 TARGETS=${TARGETS:-"direct haproxy twemproxy redis-pair"}
-[ "${UNIX:-0}" = 1 ] && TARGETS+=" haproxy-unix twemproxy-unix redis-pair-unix"
+if [ "${UNIX:-0}" = 1 ]; then
+  for t in haproxy-unix twemproxy-unix redis-pair-unix; do
+    [[ " $TARGETS " == *" $t "* ]] || TARGETS+=" $t"
+  done
+fi
 WORKLOADS=${WORKLOADS:-"c50-P1-d3 c50-P1-d4096 c50-P16-d3 c50-P16-d4096 c500-P1-d3 c500-P1-d4096"}
 BASE_PORT=${BASE_PORT:-17100}
 MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
