@@ -151,10 +151,23 @@ impl Conn {
         Ok(conn)
     }
 
-    /// Writes bytes without reading anything back.
+    /// Writes bytes without reading anything back. A peer that does not take them within
+    /// `COMMAND_TIMEOUT` (nobody reading) is an error, not a hang.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes).await?;
-        self.writer.flush().await
+        let write = async {
+            self.writer.write_all(bytes).await?;
+            self.writer.flush().await
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer did not take {} bytes within {COMMAND_TIMEOUT:?}",
+                    bytes.len()
+                ),
+            )),
+        }
     }
 
     /// Half-closes: the peer sees end of stream, replies can still be read.
