@@ -57,13 +57,16 @@ say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
 start_redis "$REDIS_A"
 start_redis "$REDIS_B" "$REDIS_A"
-"$BIN" local --listen "127.0.0.1:$LISTEN" --admin-listen "127.0.0.1:$ADMIN" \
+SOCK=$WORK/redis-pair.sock
+"$BIN" local --listen "127.0.0.1:$LISTEN" --listen-unix "$SOCK" --admin-listen "127.0.0.1:$ADMIN" \
   --server "127.0.0.1:$REDIS_A" --server "127.0.0.1:$REDIS_B" >"$WORK/redis-pair.log" 2>&1 &
 PIDS+=($!)
 wait_for "redis-pair to publish a master" curl -sf "http://127.0.0.1:$ADMIN/readyz"
 
 say "1. Clients talk to 127.0.0.1:$LISTEN; the master is $(master)"
 echo "\$ redis-cli -p $LISTEN set greeting hello"; redis-cli -p "$LISTEN" set greeting hello
+echo "\$ redis-cli -s $SOCK get greeting    # the same proxy on a Unix socket"
+redis-cli -s "$SOCK" get greeting
 wait_for "the replica to have the key" sh -c "[ \"\$(redis-cli -p $REDIS_B get greeting)\" = hello ]"
 
 say "2. kill -9 the master (127.0.0.1:$REDIS_A)"
@@ -87,6 +90,6 @@ if [ "$ONCE" = 1 ]; then
   say "Demo complete."
   exit 0
 fi
-say "Still running. Try: redis-cli -p $LISTEN   |   curl -s 127.0.0.1:$ADMIN/status   |   curl -s -XPOST 127.0.0.1:$ADMIN/switchover"
+say "Still running. Try: redis-cli -p $LISTEN   |   redis-cli -s $SOCK   |   curl -s 127.0.0.1:$ADMIN/status   |   curl -s -XPOST 127.0.0.1:$ADMIN/switchover"
 echo "Ctrl-C stops redis-pair and both redis-servers."
 wait "${PIDS[-1]}"
