@@ -172,10 +172,6 @@ impl UnixSocketListener {
         Ok(listener)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub(super) async fn accept(&self) -> io::Result<UnixStream> {
         self.listener.accept().await.map(|(stream, _)| stream)
     }
