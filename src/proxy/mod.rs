@@ -31,8 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use self::mux::{Client, CloseOnDrop, Mux, SharedEnd, serve_shared};
-pub use self::socket::{ClientSocket, UnixListenError, UnixSocketListener};
-use self::socket::{Socket, shutdown};
+use self::socket::{ClientSocket, Socket, shutdown};
+pub use self::socket::{UnixListenError, UnixSocketListener};
 use crate::engine::{Endpoint, Published};
 use crate::metrics::ProxyMetrics;
 use prometheus_client::metrics::counter::Counter;
