@@ -101,28 +101,13 @@ EOF
 
 start_twemproxy() {
   # One pool, one server: twemproxy multiplexes all clients over server_connections (1) link.
-  cat >"$OUT/nutcracker.yml" <<EOF
-pair:
-  listen: $HOST:$TWEM_PORT
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  timeout: 5000
-  server_connections: 1
-  servers:
-   - $HOST:$MASTER_PORT:1
-pair_unix:
-  listen: $SOCK_DIR/twemproxy.sock 0666
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  timeout: 5000
-  server_connections: 1
-  servers:
-   - $HOST:$MASTER_PORT:1
-EOF
+  # A second, identical pool listens on a Unix socket for the twemproxy-unix target.
+  pool() { # name listen
+    printf '%s:\n  listen: %s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n' "$1" "$2"
+    printf '  auto_eject_hosts: false\n  timeout: 5000\n  server_connections: 1\n'
+    printf '  servers:\n   - %s:%s:1\n' "$HOST" "$MASTER_PORT"
+  }
+  { pool pair "$HOST:$TWEM_PORT"; pool pair_unix "$SOCK_DIR/twemproxy.sock 0666"; } >"$OUT/nutcracker.yml"
   nutcracker -c "$OUT/nutcracker.yml" -s "$TWEM_STATS" -a "$HOST" -o "$OUT/nutcracker.log" &
   PID[twemproxy]=$!; BENCH_PIDS+=("$!"); CONN[twemproxy]="-h $HOST -p $TWEM_PORT"
   PID[twemproxy-unix]=${PID[twemproxy]}; CONN[twemproxy-unix]="-s $SOCK_DIR/twemproxy.sock"

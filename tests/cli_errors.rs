@@ -209,16 +209,21 @@ async fn zero_shared_connections_exits_64_naming_the_flag_and_range() {
     assert_config_error(&out, &["shared-connections"], &["1..=256", "range"]);
 }
 
+/// Free ports, the two servers, and `--listen-unix path`.
+fn listen_unix_args(a: &RedisServer, b: &RedisServer, path: &std::path::Path) -> Vec<String> {
+    let mut args = listen_args();
+    args.extend(server_args(&[a.addr(), b.addr()]));
+    args.extend(["--listen-unix".to_string(), path.display().to_string()]);
+    args
+}
+
 #[tokio::test]
 async fn unix_socket_in_a_missing_directory_exits_64_naming_the_path() {
     let a = RedisServer::master().await;
     let b = RedisServer::replica(&a).await;
     let dir = support::TestDir::new("unix-missing");
     let path = dir.path().join("no-such-dir").join("redis-pair.sock");
-    let mut args = listen_args();
-    args.extend(server_args(&[a.addr(), b.addr()]));
-    args.extend(["--listen-unix".to_string(), path.display().to_string()]);
-    let out = run_local(&args, &[]);
+    let out = run_local(&listen_unix_args(&a, &b, &path), &[]);
     assert_config_error(
         &out,
         &["--listen-unix", &path.display().to_string()],
@@ -233,10 +238,7 @@ async fn unix_socket_path_holding_a_regular_file_exits_64_and_keeps_the_file() {
     let dir = support::TestDir::new("unix-file");
     let path = dir.path().join("notes.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let mut args = listen_args();
-    args.extend(server_args(&[a.addr(), b.addr()]));
-    args.extend(["--listen-unix".to_string(), path.display().to_string()]);
-    let out = run_local(&args, &[]);
+    let out = run_local(&listen_unix_args(&a, &b, &path), &[]);
     assert_config_error(&out, &[&path.display().to_string()], &["not a socket"]);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }
@@ -248,10 +250,7 @@ async fn unix_socket_served_by_another_redis_pair_exits_64_and_leaves_it_serving
         .proxy_unix_path()
         .expect("unix socket")
         .to_path_buf();
-    let mut args = listen_args();
-    args.extend(server_args(&[a.addr(), b.addr()]));
-    args.extend(["--listen-unix".to_string(), path.display().to_string()]);
-    let out = run_local(&args, &[]);
+    let out = run_local(&listen_unix_args(&a, &b, &path), &[]);
     assert_config_error(
         &out,
         &[&path.display().to_string()],

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use self::mux::{Client, CloseOnDrop, Mux, SharedEnd, serve_shared};
-use self::socket::{ClientSocket, Socket, shutdown};
+use self::socket::{ClientSocket, Socket, shutdown, write_now};
 pub use self::socket::{UnixListenError, UnixSocketListener};
 use crate::engine::{Endpoint, Published};
 use crate::metrics::ProxyMetrics;
@@ -252,14 +252,13 @@ impl Connector {
 }
 
 async fn write_all(stream: &impl Socket, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
+    loop {
+        bytes = &bytes[write_now(stream, bytes)?..];
+        if bytes.is_empty() {
+            return Ok(());
         }
+        stream.writable().await?;
     }
-    Ok(())
 }
 
 /// Bytes are read into this per-thread buffer and written straight on, so an idle or
@@ -333,14 +332,7 @@ fn forward(
     if n < scratch.len() {
         mux::after_short_read(from, single_thread);
     }
-    let mut written = 0;
-    while written < n {
-        match to.try_write(&scratch[written..n]) {
-            Ok(w) => written += w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
+    let written = write_now(to, &scratch[..n])?;
     if written == n {
         return Ok(Read::Forwarded(n));
     }

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::resp::{self, Reply, Request};
-use super::socket::{ClientSocket, Socket, shutdown};
+use super::socket::{ClientSocket, Socket, shutdown, write_now};
 use super::{Connector, SCRATCH, newer_epoch, write_all};
 use crate::metrics::ProxyMetrics;
 
@@ -351,17 +351,8 @@ impl Client {
             over_limit = true;
             wake = true;
         } else if out.backlog.is_empty() {
-            let mut written = 0;
-            while written < replies.len() {
-                match self.stream.try_write(&replies[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // The client's own task sees the broken socket too and ends.
-                        written = replies.len();
-                    }
-                }
-            }
+            // On an error the client's own task sees the broken socket too and ends.
+            let written = write_now(&self.stream, replies).unwrap_or(replies.len());
             if written < replies.len() {
                 out.backlog.extend_from_slice(&replies[written..]);
                 wake = true;
@@ -394,14 +385,10 @@ impl Client {
     /// Writes what the backlog holds; Ok(true) once it is empty.
     fn flush(&self) -> io::Result<bool> {
         let mut out = lock(&self.out);
-        while !out.backlog.is_empty() {
-            match self.stream.try_write(&out.backlog) {
-                Ok(n) => {
-                    out.backlog.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
+        let written = write_now(&self.stream, &out.backlog)?;
+        out.backlog.drain(..written);
+        if !out.backlog.is_empty() {
+            return Ok(false);
         }
         out.backlog = Vec::new();
         Ok(true)

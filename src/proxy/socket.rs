@@ -33,85 +33,78 @@ pub(super) trait Socket: AsFd + Sync {
     fn clear_read_readiness(&self);
 }
 
-fn would_block() -> io::Result<()> {
-    Err(io::ErrorKind::WouldBlock.into())
+/// tokio's TCP and Unix streams have the same inherent methods; this names them once.
+macro_rules! impl_socket {
+    ($($stream:ty),*) => {$(
+        impl Socket for $stream {
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$stream>::try_read(self, buf)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$stream>::try_write(self, buf)
+            }
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$stream>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$stream>::writable(self)
+            }
+            fn clear_read_readiness(&self) {
+                // The closure makes no syscall: it only reports "would block" to tokio.
+                let _ = self.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+        }
+    )*};
 }
 
-impl Socket for TcpStream {
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        TcpStream::try_read(self, buf)
+impl_socket!(TcpStream, UnixStream);
+
+/// Writes as much of `bytes` as the socket takes now, without waiting; returns how much.
+pub(super) fn write_now(socket: &impl Socket, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match socket.try_write(&bytes[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
     }
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, buf)
-    }
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
-    }
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::writable(self)
-    }
-    fn clear_read_readiness(&self) {
-        let _ = self.try_io(Interest::READABLE, would_block);
-    }
+    Ok(written)
 }
 
-impl Socket for UnixStream {
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        UnixStream::try_read(self, buf)
-    }
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        UnixStream::try_write(self, buf)
-    }
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        UnixStream::readable(self)
-    }
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        UnixStream::writable(self)
-    }
-    fn clear_read_readiness(&self) {
-        let _ = self.try_io(Interest::READABLE, would_block);
-    }
+/// Runs `$body` with `$s` bound to whichever stream the client socket holds.
+macro_rules! on_stream {
+    ($socket:expr, $s:ident => $body:expr) => {
+        match $socket {
+            ClientSocket::Tcp($s) => $body,
+            ClientSocket::Unix($s) => $body,
+        }
+    };
 }
 
 impl AsFd for ClientSocket {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            ClientSocket::Tcp(s) => s.as_fd(),
-            ClientSocket::Unix(s) => s.as_fd(),
-        }
+        on_stream!(self, s => s.as_fd())
     }
 }
 
 impl Socket for ClientSocket {
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            ClientSocket::Tcp(s) => s.try_read(buf),
-            ClientSocket::Unix(s) => s.try_read(buf),
-        }
+        on_stream!(self, s => s.try_read(buf))
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            ClientSocket::Tcp(s) => s.try_write(buf),
-            ClientSocket::Unix(s) => s.try_write(buf),
-        }
+        on_stream!(self, s => s.try_write(buf))
     }
     async fn readable(&self) -> io::Result<()> {
-        match self {
-            ClientSocket::Tcp(s) => s.readable().await,
-            ClientSocket::Unix(s) => s.readable().await,
-        }
+        on_stream!(self, s => s.readable().await)
     }
     async fn writable(&self) -> io::Result<()> {
-        match self {
-            ClientSocket::Tcp(s) => s.writable().await,
-            ClientSocket::Unix(s) => s.writable().await,
-        }
+        on_stream!(self, s => s.writable().await)
     }
     fn clear_read_readiness(&self) {
-        match self {
-            ClientSocket::Tcp(s) => s.clear_read_readiness(),
-            ClientSocket::Unix(s) => s.clear_read_readiness(),
-        }
+        on_stream!(self, s => s.clear_read_readiness())
     }
 }
 
