@@ -10,7 +10,8 @@
 #                                  stays on TCP, as it is in another pod in production)
 #
 # Knobs (environment): ROUNDS, N, TARGETS="direct haproxy twemproxy redis-pair" (also:
-#   haproxy-unix twemproxy-unix redis-pair-unix, and direct-unix: Redis's own Unix socket),
+#   haproxy-unix twemproxy-unix redis-pair-unix, and direct-unix: Redis's own Unix socket;
+#   haproxy-splice: HAProxy forwarding with splice(2), zero-copy),
 #   WORKLOADS="c50-P1-d3 ..." (clients, pipeline, value bytes), BASE_PORT (17100),
 #   SKIP_BUILD=1, PAIR_BIN=path, PAIR_ARGS="extra redis-pair local flags",
 #   PAIR_ALT_ARGS="--threads 1": adds target redis-pair-alt, a second redis-pair with these flags
@@ -37,7 +38,7 @@ BASE_PORT=${BASE_PORT:-17100}
 MASTER_PORT=$((BASE_PORT + 1)) REPLICA_PORT=$((BASE_PORT + 2))
 HAPROXY_PORT=$((BASE_PORT + 11)) TWEM_PORT=$((BASE_PORT + 12)) TWEM_STATS=$((BASE_PORT + 13))
 PAIR_PORT=$((BASE_PORT + 14)) PAIR_ADMIN=$((BASE_PORT + 15))
-ALT_PORT=$((BASE_PORT + 16)) ALT_ADMIN=$((BASE_PORT + 17))
+ALT_PORT=$((BASE_PORT + 16)) ALT_ADMIN=$((BASE_PORT + 17)) SPLICE_PORT=$((BASE_PORT + 18))
 [ -n "${PAIR_ALT_BIN:-}" ] && PAIR_ALT_ARGS=${PAIR_ALT_ARGS:- }
 [ -n "${PAIR_ALT_ARGS:-}" ] && [[ " $TARGETS " != *" redis-pair-alt "* ]] && TARGETS+=" redis-pair-alt"
 
@@ -76,27 +77,30 @@ PID[direct-unix]=${PID[direct]}
 MASTER_PID=${PID[direct]}
 REPLICA_PID=$(eval echo "\$REDIS_PID_$REPLICA_PORT")
 
-start_haproxy() {
-  cat >"$OUT/haproxy.cfg" <<EOF
+start_haproxy() { # target port extra-global extra-defaults
+  local t=$1 port=$2
+  cat >"$OUT/$t.cfg" <<EOF
 global
     nbthread 1
     maxconn 8000
+$3
 defaults
     mode tcp
     timeout connect 1s
     timeout client 1m
     timeout server 1m
+$4
 frontend redis
-    bind $HOST:$HAPROXY_PORT
-    bind $SOCK_DIR/haproxy.sock mode 666
+    bind $HOST:$port
+    bind $SOCK_DIR/$t.sock mode 666
     default_backend master
 backend master
     server m $HOST:$MASTER_PORT
 EOF
-  haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
-  PID[haproxy]=$!; BENCH_PIDS+=("$!"); CONN[haproxy]="-h $HOST -p $HAPROXY_PORT"
-  PID[haproxy-unix]=${PID[haproxy]}; CONN[haproxy-unix]="-s $SOCK_DIR/haproxy.sock"
-  wait_port "$HAPROXY_PORT" || die "haproxy did not start (see $OUT/haproxy.log)"
+  haproxy -db -f "$OUT/$t.cfg" >"$OUT/$t.log" 2>&1 &
+  PID[$t]=$!; BENCH_PIDS+=("$!"); CONN[$t]="-h $HOST -p $port"
+  PID[$t-unix]=${PID[$t]}; CONN[$t-unix]="-s $SOCK_DIR/$t.sock"
+  wait_port "$port" || die "$t did not start (see $OUT/$t.log)"
 }
 
 start_twemproxy() {
@@ -135,11 +139,16 @@ start_pair() { # target listen_port admin_port extra_args binary
 }
 
 needs() { [[ " $TARGETS " == *" $1 "* || " $TARGETS " == *" $1-unix "* ]]; }
-needs haproxy && start_haproxy
+needs haproxy && start_haproxy haproxy "$HAPROXY_PORT" "" ""
+# Zero-copy forwarding (splice(2) through a pipe, both directions): what an L4 proxy gains
+# when it never copies the bytes into user space.
+# (Each spliced connection holds a pipe, two fds: maxpipes keeps them inside the fd limit.)
+needs haproxy-splice && start_haproxy haproxy-splice "$SPLICE_PORT" "    maxpipes 1000" \
+  "$(printf '    option splice-request\n    option splice-response')"
 needs twemproxy && start_twemproxy
 for t in $TARGETS; do
   case $t in
-    direct|direct-unix|haproxy|haproxy-unix|twemproxy|twemproxy-unix) ;;
+    direct|direct-unix|haproxy|haproxy-unix|haproxy-splice|haproxy-splice-unix|twemproxy|twemproxy-unix) ;;
     redis-pair-unix)
       [[ " $TARGETS " == *" redis-pair "* ]] ||
         start_pair redis-pair "$PAIR_PORT" "$PAIR_ADMIN" "${PAIR_ARGS:-}" "$PAIR_BIN" ||

@@ -16,7 +16,7 @@ for r in rows:
         targets.append(r["target"])
     if r["workload"] not in workloads:
         workloads.append(r["workload"])
-order = ["direct", "haproxy", "twemproxy", "redis-pair", "redis-pair-alt",
+order = ["direct", "haproxy", "haproxy-splice", "twemproxy", "redis-pair", "redis-pair-alt",
          "direct-unix", "haproxy-unix", "twemproxy-unix", "redis-pair-unix"]
 targets.sort(key=lambda t: order.index(t) if t in order else 99)
 
