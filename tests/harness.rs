@@ -7,7 +7,7 @@ pub mod support;
 
 use std::time::Duration;
 
-use support::{RedisServer, Resp, always, eventually};
+use support::{RedisPair, RedisServer, Resp, always, eventually};
 
 #[tokio::test]
 async fn replica_fixture_returns_once_the_replica_is_caught_up() {
@@ -19,6 +19,48 @@ async fn replica_fixture_returns_once_the_replica_is_caught_up() {
     assert_eq!(
         (r.role.as_str(), r.master, r.link_up),
         ("slave", Some(a.addr()), true)
+    );
+}
+
+/// Ports come from `free_port`, free only a moment ago: another test's server can take one
+/// before ours binds it, and then answers PING in its place. Here the port is taken for sure.
+#[tokio::test]
+async fn server_fixture_moves_to_another_port_when_its_port_is_answered_by_another_server() {
+    let other = RedisServer::master().await;
+    other.cmd(&["SET", "owner", "other"]).await.unwrap();
+    let ours = RedisServer::builder()
+        .first_port(other.port())
+        .start()
+        .await;
+    assert_ne!(ours.port(), other.port());
+    assert_eq!(ours.cmd(&["GET", "owner"]).await.unwrap(), Resp::Nil);
+}
+
+#[tokio::test]
+async fn pair_fixture_moves_to_other_ports_when_its_ports_are_answered_by_another_pair() {
+    let a = RedisServer::master().await;
+    let a2 = RedisServer::replica(&a).await;
+    let b = RedisServer::master().await;
+    let b2 = RedisServer::replica(&b).await;
+    let other = RedisPair::builder().server(&a).server(&a2).start().await;
+    let port = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+    };
+    let (listen, admin) = (
+        port(other.proxy_addr()).unwrap(),
+        port(other.admin_addr()).unwrap(),
+    );
+    let ours = RedisPair::builder()
+        .server(&b)
+        .server(&b2)
+        .first_ports(listen, admin)
+        .start()
+        .await;
+    assert_ne!(ours.admin_addr(), other.admin_addr());
+    assert_eq!(
+        ours.status().await.unwrap().master(),
+        Some(b.addr().as_str())
     );
 }
 

@@ -183,6 +183,8 @@ pub struct ServerBuilder {
     priority: Option<u32>,
     requirepass: Option<String>,
     masterauth: Option<String>,
+    /// Tried before a free port (the harness's own test of port races).
+    first_port: Option<u16>,
 }
 
 impl ServerBuilder {
@@ -202,12 +204,20 @@ impl ServerBuilder {
         self.masterauth = Some(pw.to_string());
         self
     }
+    /// Tries `port` first, as if `free_port` had returned it.
+    pub fn first_port(mut self, port: u16) -> Self {
+        self.first_port = Some(port);
+        self
+    }
 
     /// Starts the server and waits until it answers PING. Does not wait for replication.
     pub async fn start(self) -> RedisServer {
         let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
+        for attempt in 0..5 {
+            let port = match self.first_port {
+                Some(port) if attempt == 0 => port,
+                _ => free_port(),
+            };
             let mut server = RedisServer {
                 port,
                 dir: TestDir::new(&format!("redis-{port}")),
@@ -328,7 +338,22 @@ impl RedisServer {
             if let Ok(mut c) = self.conn().await
                 && matches!(c.cmd(&["PING"]).await, Ok(Resp::Simple(ref s)) if s == "PONG")
             {
-                return Ok(());
+                // The port was only free a moment ago: another test's server (or proxy) may
+                // have taken it, and ours then fails to bind while that one answers.
+                let ours = self.child.as_ref().map(|c| c.id().to_string());
+                let answering = match c.cmd(&["INFO", "server"]).await {
+                    Ok(r) => parse_info(&r.text().unwrap_or_default()).remove("process_id"),
+                    Err(_) => None,
+                };
+                if answering.is_some() && answering == ours {
+                    return Ok(());
+                }
+                self.kill();
+                return Err(format!(
+                    "port {} is answered by another process (process_id {answering:?}, ours \
+                     {ours:?})",
+                    self.port
+                ));
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -651,6 +676,8 @@ pub struct PairBuilder {
     env: Vec<(String, String)>,
     extra_args: Vec<String>,
     unix_socket: UnixSocket,
+    /// (listen, admin) tried before free ports (the harness's own test of port races).
+    first_ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone)]
@@ -697,6 +724,12 @@ impl PairBuilder {
         self.extra_args.push(arg.to_string());
         self
     }
+    /// Tries these (listen, admin) ports first, as if `free_ports2` had returned them.
+    pub fn first_ports(mut self, listen: u16, admin: u16) -> Self {
+        self.first_ports = Some((listen, admin));
+        self
+    }
+
     /// Also listen on a Unix socket in the test's directory; `proxy_conn` uses it.
     pub fn clients_over_unix_socket(mut self) -> Self {
         self.unix_socket = UnixSocket::InTestDir;
@@ -748,8 +781,11 @@ impl PairBuilder {
     /// Starts redis-pair and waits until `/readyz` answers 200.
     pub async fn start(self) -> RedisPair {
         let mut last = String::new();
-        for _attempt in 0..3 {
-            let (listen, admin) = free_ports2();
+        for attempt in 0..3 {
+            let (listen, admin) = match self.first_ports {
+                Some(ports) if attempt == 0 => ports,
+                _ => free_ports2(),
+            };
             let dir = TestDir::new(&format!("pair-{listen}"));
             let log = dir.path().join("redis-pair.log");
             let out = File::create(&log).expect("create log");
@@ -786,11 +822,16 @@ impl PairBuilder {
                 log,
                 _dir: dir,
             };
-            match pair.await_ready().await {
+            let ready = match pair.await_ready().await {
+                Ok(()) => pair.check_serves(&self.servers).await,
+                Err(e) => Err(e),
+            };
+            match ready {
                 Ok(()) => return pair,
                 Err(e)
-                    if e.contains("exited")
-                        && pair.log_text().to_lowercase().contains("in use") =>
+                    if e.contains("another redis-pair")
+                        || (e.contains("exited")
+                            && pair.log_text().to_lowercase().contains("in use")) =>
                 {
                     last = e; // a port race with another test: try new ports
                 }
@@ -828,6 +869,7 @@ impl RedisPair {
             env: Vec::new(),
             extra_args: Vec::new(),
             unix_socket: UnixSocket::None,
+            first_ports: None,
         }
     }
 
@@ -868,6 +910,25 @@ impl RedisPair {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Whether the process answering on our admin port is ours, and not another test's that
+    /// took the port between `free_ports2` and our bind (ours then exits): its `/status`
+    /// lists exactly our servers. Our process binds every listener before it serves the admin
+    /// port, so if the admin port is ours, so are the others.
+    async fn check_serves(&self, servers: &[String]) -> Result<(), String> {
+        let status = self.status().await?;
+        let listed: Vec<&str> = status.0["servers"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|v| v["address"].as_str()).collect())
+            .unwrap_or_default();
+        if listed == servers {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is answered by another redis-pair (servers {listed:?}, ours {servers:?})",
+            self.admin
+        ))
     }
 
     pub async fn readyz(&self) -> Result<u16, String> {
