@@ -7,7 +7,7 @@ pub mod support;
 
 use std::time::Duration;
 
-use support::{RedisPair, RedisServer, Resp, always, eventually};
+use support::{PortLease, RedisPair, RedisServer, Resp, always, eventually};
 
 #[tokio::test]
 async fn replica_fixture_returns_once_the_replica_is_caught_up() {
@@ -22,8 +22,24 @@ async fn replica_fixture_returns_once_the_replica_is_caught_up() {
     );
 }
 
-/// Ports come from `free_port`, free only a moment ago: another test's server can take one
-/// before ours binds it, and then answers PING in its place. Here the port is taken for sure.
+#[test]
+fn a_leased_port_is_not_leased_again_until_released() {
+    let lease = PortLease::take();
+    let port = lease.port();
+    assert!(
+        PortLease::try_take(port).is_none(),
+        "port {port} leased twice"
+    );
+    drop(lease);
+    assert!(
+        PortLease::try_take(port).is_some(),
+        "port {port} not released"
+    );
+}
+
+/// A fixture's port is free only a moment before its server binds it: a process outside the
+/// tests' port leases can take it first and then answers PING in its place. Here the port is
+/// taken for sure (by a server whose lease the fixture bypasses).
 #[tokio::test]
 async fn server_fixture_moves_to_another_port_when_its_port_is_answered_by_another_server() {
     let other = RedisServer::master().await;

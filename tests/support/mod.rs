@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,24 +125,58 @@ impl Drop for TestDir {
     }
 }
 
-/// A port that was free a moment ago. Races with other processes are possible, so every
-/// fixture retries with a new port when its process fails to bind.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// A loopback port held by this test process: free when chosen, and not chosen by any other
+/// test process while held (an flock(2) on a file named after it, which the kernel drops when
+/// the process dies). A fixture holds its ports for its whole life, so a server that is
+/// killed and restarted gets its port back instead of finding another test's server there.
+/// Processes outside the tests can still take a port; the fixtures check who answers.
+pub struct PortLease {
+    port: u16,
+    _lock: File,
 }
 
-/// Two distinct free ports (held together while choosing so they differ).
+impl PortLease {
+    /// A port free now and held by no other test process.
+    pub fn take() -> PortLease {
+        for _ in 0..1000 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind 127.0.0.1:0")
+                .port();
+            if let Some(lease) = Self::try_take(port) {
+                return lease;
+            }
+        }
+        panic!("no free port without a lease in 1000 tries");
+    }
+
+    /// `port`, unless another lease holds it (in this process or another).
+    pub fn try_take(port: u16) -> Option<PortLease> {
+        let dir = std::env::temp_dir().join("redis-pair-test-ports");
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create the port lock dir {}: {e}", dir.display()));
+        let path = dir.join(port.to_string());
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open the port lock {}: {e}", path.display()));
+        // SAFETY: flock(2) on a descriptor we own; it touches no memory.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (locked == 0).then_some(PortLease { port, _lock: file })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Two distinct ports free a moment ago and not held by another test process. The caller
+/// does not hold them: for a process that fails at once, before it binds anything.
 pub fn free_ports2() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+    let (a, b) = (PortLease::take(), PortLease::take());
+    (a.port(), b.port())
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
@@ -214,12 +249,16 @@ impl ServerBuilder {
     pub async fn start(self) -> RedisServer {
         let mut last_log = String::new();
         for attempt in 0..5 {
-            let port = match self.first_port {
-                Some(port) if attempt == 0 => port,
-                _ => free_port(),
+            let (port, lease) = match self.first_port {
+                Some(port) if attempt == 0 => (port, None),
+                _ => {
+                    let lease = PortLease::take();
+                    (lease.port(), Some(lease))
+                }
             };
             let mut server = RedisServer {
                 port,
+                _port: lease,
                 dir: TestDir::new(&format!("redis-{port}")),
                 child: None,
                 stopped: false,
@@ -250,6 +289,8 @@ pub struct Replication {
 /// A real redis-server on 127.0.0.1, no persistence, in its own temp dir.
 pub struct RedisServer {
     port: u16,
+    /// Held while the server lives, across kill and restart (None: a port chosen by the test).
+    _port: Option<PortLease>,
     dir: TestDir,
     child: Option<Child>,
     stopped: bool,
@@ -782,9 +823,12 @@ impl PairBuilder {
     pub async fn start(self) -> RedisPair {
         let mut last = String::new();
         for attempt in 0..3 {
-            let (listen, admin) = match self.first_ports {
-                Some(ports) if attempt == 0 => ports,
-                _ => free_ports2(),
+            let (listen, admin, leases) = match self.first_ports {
+                Some((listen, admin)) if attempt == 0 => (listen, admin, None),
+                _ => {
+                    let leases = (PortLease::take(), PortLease::take());
+                    (leases.0.port(), leases.1.port(), Some(leases))
+                }
             };
             let dir = TestDir::new(&format!("pair-{listen}"));
             let log = dir.path().join("redis-pair.log");
@@ -821,6 +865,7 @@ impl PairBuilder {
                 down_after: self.down_after,
                 log,
                 _dir: dir,
+                _ports: leases,
             };
             let ready = match pair.await_ready().await {
                 Ok(()) => pair.check_serves(&self.servers).await,
@@ -855,6 +900,8 @@ pub struct RedisPair {
     pub down_after: Duration,
     log: PathBuf,
     _dir: TestDir,
+    /// Held while the process lives (None: ports chosen by the test).
+    _ports: Option<(PortLease, PortLease)>,
 }
 
 impl RedisPair {
