@@ -41,8 +41,13 @@ def wl_name(w):
     return f"-c {c[1:]} -P {p[1:]} {size}"
 
 
-print("| workload | test | target | ops/s | p50 ms | p99 ms | × direct | proxy CPU s/M req | proxy peak RSS MiB (lowest round) |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+def per_round(rs):
+    """round -> ops/s, for the rounds where the run succeeded."""
+    return {r["round"]: float(r["rps"]) for r in rs if r["rps"] not in ("NA", "")}
+
+
+print("| workload | test | target | ops/s | p50 ms | p99 ms | × direct | × direct, per round (min–max) | proxy CPU s/M req | proxy peak RSS MiB (lowest round) |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
 ratios = defaultdict(list)
 for w in workloads:
     for test in ("SET", "GET"):
@@ -60,9 +65,14 @@ for w in workloads:
             # the lowest peak over the rounds (round 1 runs the workloads in order).
             rss = [float(r["rss_peak_kb"]) for r in rs if r["rss_peak_kb"] not in ("NA", "", "0")]
             rss = min(rss) / 1024 if (rss and not t.startswith("direct")) else None
+            # Rounds interleave the targets, so a round's ratio compares runs made minutes
+            # apart: its spread is the noise of this row on this machine.
+            direct_by_round = per_round(g[(w, test, "direct")])
+            by_round = [v / direct_by_round[k] for k, v in per_round(rs).items() if direct_by_round.get(k)]
+            spread = f"{min(by_round):.2f}–{max(by_round):.2f}" if by_round else "n/a"
             print(f"| {wl_name(w)} | {test} | {t} | {fmt(rps, ',.0f')} | "
                   f"{fmt(med(r['p50_ms'] for r in rs), '.3f')} | {fmt(med(r['p99_ms'] for r in rs), '.3f')} | "
-                  f"{fmt(ratio, '.2f')} | {fmt(cpu, '.2f')} | {fmt(rss, '.1f')} |")
+                  f"{fmt(ratio, '.2f')} | {spread} | {fmt(cpu, '.2f')} | {fmt(rss, '.1f')} |")
 
 print()
 print("Ratio to direct, min–max over rows (median ops/s per row):")
@@ -77,6 +87,29 @@ for t in targets:
         v = ratios.get((t, p))
         cells.append(f"{min(v):.2f}–{max(v):.2f}" if v else "n/a")
     print(f"| {t} | {cells[0]} | {cells[1]} |")
+
+# Head to head: in how many rounds redis-pair beat each other proxy on each row, clients on
+# the same transport. A row where the medians say "behind" but the rounds split is noise.
+for ours, suffix in (("redis-pair", ""), ("redis-pair-unix", "-unix")):
+    rivals = [t for t in targets
+              if not t.startswith(("direct", "redis-pair")) and t.endswith("-unix") == bool(suffix)]
+    if ours not in targets or not rivals:
+        continue
+    print()
+    print(f"Rounds in which {ours} had more ops/s than each other proxy (same round):")
+    print()
+    print("| workload | test | " + " | ".join(rivals) + " |")
+    print("|---|---|" + "---:|" * len(rivals))
+    for w in workloads:
+        for test in ("SET", "GET"):
+            mine = per_round(g[(w, test, ours)])
+            cells = []
+            for t in rivals:
+                theirs = per_round(g[(w, test, t)])
+                both = [k for k in mine if k in theirs]
+                ahead = sum(mine[k] > theirs[k] for k in both)
+                cells.append(f"{ahead}/{len(both)}" if both else "n/a")
+            print(f"| {wl_name(w)} | {test} | " + " | ".join(cells) + " |")
 
 print()
 idle = defaultdict(dict)
