@@ -101,25 +101,14 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: &str) -> io::Result<Conn> {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connect {addr} timed out"))
-            })??;
+        let stream = connect_within(addr, TcpStream::connect(addr)).await?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         Ok(Conn::from_halves(Box::new(r), Box::new(w)))
     }
 
     pub async fn connect_unix(path: &Path) -> io::Result<Conn> {
-        let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect {} timed out", path.display()),
-                )
-            })??;
+        let stream = connect_within(&path.display().to_string(), UnixStream::connect(path)).await?;
         let (r, w) = stream.into_split();
         Ok(Conn::from_halves(Box::new(r), Box::new(w)))
     }
@@ -242,6 +231,16 @@ pub fn is_close_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
+}
+
+/// A connect that has not finished in 2 s is an error naming `what`, not a hang.
+async fn connect_within<S>(
+    what: &str,
+    connect: impl Future<Output = io::Result<S>>,
+) -> io::Result<S> {
+    tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect {what} timed out")))?
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
