@@ -17,7 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::cli::LocalArgs;
 use crate::engine::redis_io::{Connector, Credentials};
 use crate::engine::runner::{Engine, EngineConfig, Member};
-use crate::engine::{Endpoint, Policy};
+use crate::engine::{Endpoint, Fencing, InProcess, Policy, Published};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyConfig};
 
@@ -94,12 +94,16 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         members,
         policy: Policy {
             down_after: args.down_after,
+            // Local mode leaves min-replicas-* as the servers' configuration has them.
+            fencing: Fencing::Unmanaged,
         },
         probe_interval: args.probe_interval,
         switchover_timeout: args.switchover_timeout,
+        published: Published::default(),
+        paused: false,
     };
     let connector = Connector::new(credentials, args.probe_timeout);
-    let (mut engine, handle) = Engine::new(config, connector, metrics.engine.clone());
+    let (mut engine, handle) = Engine::new(config, connector, metrics.engine.clone(), InProcess);
     if let Some((endpoint, error)) = engine.first_probe().await.into_iter().next() {
         return Err(LocalError::AuthRejected {
             endpoint,
@@ -219,6 +223,7 @@ async fn resolve(servers: &[Endpoint]) -> Result<Vec<Member>, LocalError> {
         members.push(Member {
             endpoint: endpoint.clone(),
             addrs,
+            leaving: false,
         });
     }
     Ok(members)

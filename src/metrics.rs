@@ -27,6 +27,7 @@ pub enum Command {
     Replicate,
     PauseWrites,
     Unpause,
+    SetFence,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]

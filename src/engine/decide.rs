@@ -14,12 +14,24 @@
 //! 4. With nothing published (start-up, or after every server was down) the existing topology
 //!    is kept: an existing master is published rather than promoting anything, and of two
 //!    masters the one with more data (keys, then offset) is kept.
+//! 5. A master nobody published is a candidate too when the published master is down, and it
+//!    wins a tie. It is what an engine leaves behind that promoted a replica and died (or lost
+//!    its lease) before publishing: the most caught-up server, so it is kept, not replaced by
+//!    promoting another replica and then wiped by a resync.
+//! 6. A server that is leaving (its pod is being deleted) is never chosen as a new master. A
+//!    published master that is leaving is handed over by a planned switchover to the most
+//!    caught-up replica that is in sync with it, so a rolling restart loses no write.
+//! 7. With write fencing on, the master keeps `min-replicas-to-write 1` while a replica is in
+//!    sync with it, and 0 once the engine reaches it and sees none: a master cut off from its
+//!    replicas and from the engine stops taking writes, one that merely lost its replicas
+//!    does not.
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use super::model::{
-    Endpoint, FailureKind, Plan, Probe, Published, Reason, RedisInfo, Role, ServerState, Waiting,
+    Endpoint, FailureKind, MinReplicas, Plan, Probe, Published, Reason, RedisInfo, Role,
+    ServerState, Waiting,
 };
 
 /// The knobs of the decision.
@@ -27,6 +39,18 @@ use super::model::{
 pub struct Policy {
     /// How long a server may fail to answer before it is down.
     pub down_after: Duration,
+    pub fencing: Fencing,
+}
+
+/// Whether and how the engine keeps the master's write fence (rule 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    /// Never touched: whatever the servers' configuration says stands (local mode).
+    Unmanaged,
+    /// Kept at `min-replicas-to-write 0`: the master takes writes with or without replicas.
+    Off,
+    /// `min-replicas-to-write 1` with this `min-replicas-max-lag` while a replica is in sync.
+    On { max_lag_secs: u32 },
 }
 
 /// Decides what to do now. Deterministic: the same servers (in any order), publication, policy
@@ -106,12 +130,20 @@ impl<'a> View<'a> {
                     .as_deref()
                     .is_some_and(|known| known != info.run_id);
                 if !restarted {
+                    let leaving = self.is_leaving(master) && info.role == Role::Master;
+                    let switch_over = leaving.then(|| self.switchover_target(master)).flatten();
+                    let waiting =
+                        (leaving && switch_over.is_none()).then(|| Waiting::NoSwitchoverTarget {
+                            master: master.clone(),
+                        });
                     return Plan {
                         // Someone demoted our master behind our back: it stays the authority.
                         promote: (info.role == Role::Replica).then(|| master.clone()),
+                        fence: self.fence(master, info),
                         publish: None,
                         replicate: self.replicas_to_repoint(master),
-                        waiting: None,
+                        switch_over,
+                        waiting,
                     };
                 }
                 // With no replica to take over, the restarted process is all there is: it is
@@ -197,6 +229,7 @@ impl<'a> View<'a> {
     ) -> Plan {
         Plan {
             promote: (info.role == Role::Replica).then(|| chosen.clone()),
+            fence: self.fence(chosen, info),
             publish: Some((
                 Published {
                     epoch: published.epoch + 1,
@@ -206,15 +239,65 @@ impl<'a> View<'a> {
                 reason,
             )),
             replicate: self.replicas_to_repoint(chosen),
+            switch_over: None,
             waiting: None,
         }
     }
 
-    /// The most caught-up promotable replica, excluding `except`.
+    /// The best server to become master in place of `except`: the most caught-up of the
+    /// promotable replicas and the masters nobody published (rule 5); never a leaving one.
     fn best_candidate(&self, except: Option<&Endpoint>) -> Option<(&'a Endpoint, &'a RedisInfo)> {
         self.up()
-            .filter(|(endpoint, info)| Some(*endpoint) != except && is_promotable(info))
+            .filter(|(endpoint, info)| {
+                Some(*endpoint) != except
+                    && !self.is_leaving(endpoint)
+                    && (is_promotable(info) || (info.role == Role::Master && info.priority > 0))
+            })
             .max_by(more_caught_up)
+    }
+
+    /// The replica a leaving master hands over to: in sync with it, allowed to be promoted,
+    /// staying, and the most caught-up of those.
+    fn switchover_target(&self, master: &Endpoint) -> Option<Endpoint> {
+        self.up()
+            .filter(|(endpoint, info)| {
+                !self.is_leaving(endpoint)
+                    && is_promotable(info)
+                    && info.link_up
+                    && info.master.as_ref() == Some(master)
+            })
+            .max_by(more_caught_up)
+            .map(|(endpoint, _)| endpoint.clone())
+    }
+
+    fn is_leaving(&self, endpoint: &Endpoint) -> bool {
+        self.servers
+            .iter()
+            .any(|s| &s.endpoint == endpoint && s.leaving)
+    }
+
+    /// The fence `master` should have now (rule 7), if it differs from what it has. Nothing
+    /// when the fence is not managed or could not be read.
+    fn fence(&self, master: &Endpoint, info: &RedisInfo) -> Option<(Endpoint, MinReplicas)> {
+        let current = info.min_replicas?;
+        let wanted = match self.policy.fencing {
+            Fencing::Unmanaged => return None,
+            Fencing::Off => MinReplicas {
+                to_write: 0,
+                ..current
+            },
+            Fencing::On { max_lag_secs } => MinReplicas {
+                to_write: u32::from(self.has_replica_in_sync(master)),
+                max_lag_secs,
+            },
+        };
+        (wanted != current).then(|| (master.clone(), wanted))
+    }
+
+    fn has_replica_in_sync(&self, master: &Endpoint) -> bool {
+        self.up().any(|(_, info)| {
+            info.role == Role::Replica && info.link_up && info.master.as_ref() == Some(master)
+        })
     }
 
     /// Every answering server other than `master` that is not already its replica.
@@ -238,11 +321,13 @@ pub fn is_promotable(info: &RedisInfo) -> bool {
     info.role == Role::Replica && info.priority > 0 && info.synced
 }
 
-/// `Greater` when `a` is the better promotion candidate: higher offset, then lower priority
-/// value (Redis's convention), then the lower address.
+/// `Greater` when `a` is the better candidate for master: higher offset, then already a
+/// master (rule 5: nothing to promote, nothing to resync), then lower priority value (Redis's
+/// convention), then the lower address.
 pub fn more_caught_up(a: &(&Endpoint, &RedisInfo), b: &(&Endpoint, &RedisInfo)) -> Ordering {
     a.1.offset
         .cmp(&b.1.offset)
+        .then((a.1.role == Role::Master).cmp(&(b.1.role == Role::Master)))
         .then(b.1.priority.cmp(&a.1.priority))
         .then(b.0.cmp(a.0))
 }

@@ -120,6 +120,19 @@ pub struct RedisInfo {
     pub priority: u32,
     /// Keys over all databases: "how much data" when two masters must be reconciled.
     pub keys: u64,
+    /// `min-replicas-to-write` and `min-replicas-max-lag`, read only when the engine manages
+    /// write fencing (`None` when not read, or when CONFIG is not allowed).
+    pub min_replicas: Option<MinReplicas>,
+}
+
+/// A master's write fence: with `to_write` > 0 it refuses writes (`-NOREPLICAS`) once fewer
+/// than `to_write` replicas have acknowledged the stream within `max_lag_secs`. This is what
+/// stops a master cut off from its replicas and from the engine from taking writes that a
+/// promoted replica will never see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinReplicas {
+    pub to_write: u32,
+    pub max_lag_secs: u32,
 }
 
 /// How a probe failed. The distinction drives how fast a master is declared down.
@@ -166,6 +179,9 @@ pub enum Probe {
 pub struct ServerState {
     pub endpoint: Endpoint,
     pub probe: Probe,
+    /// The server is going away (its pod is being deleted): it is never chosen as a new
+    /// master, and a published master that is leaving is handed over by a planned switchover.
+    pub leaving: bool,
 }
 
 impl ServerState {
@@ -206,16 +222,20 @@ pub enum Reason {
     NoMasterReachable,
     /// A master is published again after a period with none.
     Recovered,
+    /// The master was going away (its pod is being deleted) and was handed over to a replica
+    /// by a planned switchover.
+    MasterLeaving,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Initial,
         Reason::MasterDown,
         Reason::MasterRestarted,
         Reason::Switchover,
         Reason::NoMasterReachable,
         Reason::Recovered,
+        Reason::MasterLeaving,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -226,6 +246,7 @@ impl Reason {
             Reason::Switchover => "switchover",
             Reason::NoMasterReachable => "no-master-reachable",
             Reason::Recovered => "recovered",
+            Reason::MasterLeaving => "master-leaving",
         }
     }
 }
@@ -241,23 +262,36 @@ pub enum Waiting {
     ServersFailing,
     /// Nothing is published and no server is up.
     NothingUp,
+    /// The master is going away and no replica is ready to take over without losing writes
+    /// (none up, in sync with it, of non-zero priority and staying).
+    NoSwitchoverTarget { master: Endpoint },
 }
 
-/// What the engine should do now. Execution order is fixed: `promote`, then (only if that
-/// succeeded) `publish`, then `replicate`. At most one promotion and one publication per plan
-/// is a property of the type, not of the code that builds it.
+/// What the engine should do now. Execution order is fixed: `promote`, then `fence`, then
+/// (only if both succeeded) `publish`, then `replicate`, and last `switch_over`. At most one
+/// promotion and one publication per plan is a property of the type, not of the code that
+/// builds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// `REPLICAOF NO ONE` on this server.
     pub promote: Option<Endpoint>,
+    /// Set the write fence of this server, the master of the plan.
+    pub fence: Option<(Endpoint, MinReplicas)>,
     pub publish: Option<(Published, Reason)>,
     /// `REPLICAOF master` on each `server`, as `(server, master)`, sorted by server.
     pub replicate: Vec<(Endpoint, Endpoint)>,
+    /// Hand the published master over to this replica with a planned switchover (pause
+    /// writes, wait until it has caught up, promote, publish, demote): the master is leaving.
+    pub switch_over: Option<Endpoint>,
     pub waiting: Option<Waiting>,
 }
 
 impl Plan {
     pub fn is_noop(&self) -> bool {
-        self.promote.is_none() && self.publish.is_none() && self.replicate.is_empty()
+        self.promote.is_none()
+            && self.fence.is_none()
+            && self.publish.is_none()
+            && self.replicate.is_empty()
+            && self.switch_over.is_none()
     }
 }

@@ -11,7 +11,7 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
 };
 
-use super::model::{Endpoint, FailureKind, RedisInfo, Role};
+use super::model::{Endpoint, FailureKind, MinReplicas, RedisInfo, Role};
 
 /// Credentials for the engine's own connections.
 #[derive(Clone, Default)]
@@ -132,44 +132,69 @@ impl Connector {
             .unwrap_or_else(|_| Err(RedisCallError::timeout(self.deadline)))
     }
 
-    /// Reads role, offsets, run_id, priority and key counts; on replicas, also checks that
-    /// `masterauth` matches our password, since a replica that cannot authenticate to its
-    /// master silently stops replicating.
+    /// Reads role, offsets, run_id, priority and key counts, in one round trip. On replicas it
+    /// also checks that `masterauth` matches our password, since a replica that cannot
+    /// authenticate to its master silently stops replicating; with `read_fence` it reads the
+    /// write fence (`min-replicas-*`) too.
     pub async fn probe(
         &self,
         endpoint: &Endpoint,
         known: &(dyn Fn(&str, u16) -> Option<Endpoint> + Sync),
+        read_fence: bool,
     ) -> Result<Observation, RedisCallError> {
         let check_masterauth = self.credentials.password.is_some();
-        let (text, masterauth) = self
+        let (text, fence, masterauth) = self
             .with_connection(endpoint, async |conn| {
-                let text: String = redis::cmd("INFO")
+                let mut pipe = redis::pipe();
+                // CONFIG may be renamed or forbidden by ACL: then we cannot check, and say
+                // nothing rather than guess; only INFO must succeed.
+                pipe.ignore_errors();
+                pipe.cmd("INFO")
                     .arg("server")
                     .arg("replication")
-                    .arg("keyspace")
-                    .query_async(conn)
-                    .await?;
-                let masterauth = if check_masterauth && text.contains("role:slave") {
-                    // CONFIG may be renamed or forbidden by ACL: then we cannot check, and say
-                    // nothing rather than guess.
-                    redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg("masterauth")
-                        .query_async::<HashMap<String, String>>(conn)
-                        .await
-                        .ok()
-                        .and_then(|mut m| m.remove("masterauth"))
-                } else {
-                    None
+                    .arg("keyspace");
+                if read_fence {
+                    pipe.cmd("CONFIG").arg("GET").arg("min-replicas-*");
+                }
+                if check_masterauth {
+                    pipe.cmd("CONFIG").arg("GET").arg("masterauth");
+                }
+                let mut replies = pipe
+                    .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+                    .await?
+                    .into_iter();
+                let text: String = match replies.next() {
+                    Some(reply) => redis::FromRedisValue::from_redis_value(reply?)?,
+                    None => String::new(),
                 };
-                Ok((text, masterauth))
+                let mut config = |wanted: bool| -> Option<HashMap<String, String>> {
+                    if !wanted {
+                        return None;
+                    }
+                    let reply = replies.next()?.ok()?;
+                    redis::FromRedisValue::from_redis_value(reply).ok()
+                };
+                let fence = config(read_fence);
+                let masterauth = config(check_masterauth).and_then(|mut m| m.remove("masterauth"));
+                Ok((text, fence, masterauth))
             })
             .await?;
-        let info = parse_info(&text, known).map_err(|detail| RedisCallError {
+        let mut info = parse_info(&text, known).map_err(|detail| RedisCallError {
             kind: FailureKind::Error,
             detail,
         })?;
         let mut warnings = Vec::new();
+        if read_fence {
+            info.min_replicas = fence.as_ref().and_then(parse_min_replicas);
+            if info.min_replicas.is_none() {
+                warnings.push(
+                    "cannot read min-replicas-to-write (CONFIG GET refused?): write fencing \
+                     cannot be managed on this server; allow CONFIG for redis-pair's user"
+                        .to_owned(),
+                );
+            }
+        }
+        let masterauth = masterauth.filter(|_| info.role == Role::Replica);
         if let Some(masterauth) = masterauth
             && Some(masterauth.as_str()) != self.credentials.password.as_deref()
         {
@@ -187,6 +212,31 @@ impl Connector {
             warnings.push(format!("replication link to {master} is down"));
         }
         Ok(Observation { info, warnings })
+    }
+
+    /// Sets the write fence: `min-replicas-max-lag` first, so a fence that is switched on
+    /// never holds for a moment with the wrong lag.
+    pub async fn set_fence(
+        &self,
+        endpoint: &Endpoint,
+        fence: MinReplicas,
+    ) -> Result<(), RedisCallError> {
+        self.with_connection(endpoint, async |conn| {
+            redis::pipe()
+                .cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-max-lag")
+                .arg(fence.max_lag_secs)
+                .ignore()
+                .cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-to-write")
+                .arg(fence.to_write)
+                .ignore()
+                .query_async::<()>(conn)
+                .await
+        })
+        .await
     }
 
     /// Sends one command whose reply is a plain `+OK`.
@@ -348,6 +398,16 @@ pub fn parse_info(
         offset,
         priority,
         keys,
+        min_replicas: None,
+    })
+}
+
+/// The reply of `CONFIG GET min-replicas-*`.
+fn parse_min_replicas(config: &HashMap<String, String>) -> Option<MinReplicas> {
+    let number = |name: &str| config.get(name).and_then(|v| v.parse::<u32>().ok());
+    Some(MinReplicas {
+        to_write: number("min-replicas-to-write")?,
+        max_lag_secs: number("min-replicas-max-lag")?,
     })
 }
 
@@ -383,6 +443,7 @@ mod tests {
                 offset: 4242,
                 priority: 10,
                 keys: 12,
+                min_replicas: None,
             }
         );
     }

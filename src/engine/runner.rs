@@ -1,8 +1,14 @@
 //! The engine loop: probe every server each `probe_interval` (and at once when a watched
-//! connection drops), decide, execute the plan, publish, and keep status and metrics current.
-//! It is the single writer of the topology; planned switchovers run inside it, so they never
-//! race a failover.
+//! connection drops or the members change), decide, execute the plan, publish, and keep
+//! status and metrics current. It is the single writer of the topology; planned switchovers
+//! run inside it, so they never race a failover.
+//!
+//! What differs between local mode and the controller comes in from outside: the members
+//! (fixed, or following the pods), what is already published (nothing, or the RedisPair's
+//! annotation), and the [`Publisher`] that makes a decision visible and says whether the
+//! engine may act at all.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,27 +20,46 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::decide::{Policy, decide, is_down};
+use super::decide::{Fencing, Policy, decide, is_down};
 use super::model::{
-    Endpoint, FailureKind, Plan, Probe, Published, Reason, Role, ServerState, Waiting,
+    Endpoint, FailureKind, MinReplicas, Plan, Probe, Published, Reason, Role, ServerState, Waiting,
 };
+use super::publish::{EngineEvent, PublishError, Publisher};
 use super::redis_io::{Connector, RedisCallError};
 use crate::metrics::{Command, CommandLabels, EngineMetrics, Outcome, ReasonLabel, ServerLabel};
 
-/// A server of the group and the socket addresses its host resolved to at start-up, so that a
-/// replica reporting `master_host` as an IP still matches a member named by host name.
-#[derive(Clone, Debug)]
+/// A server of the group and the socket addresses its host resolved to, so that a replica
+/// reporting `master_host` as an IP still matches a member named by host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub endpoint: Endpoint,
     pub addrs: Vec<SocketAddr>,
+    /// Going away (its pod is being deleted): never promoted; as the master, handed over.
+    pub leaving: bool,
+}
+
+impl Member {
+    /// A member known by its IP address, as a pod is.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            endpoint: Endpoint::new(addr.ip().to_string(), addr.port()),
+            addrs: vec![addr],
+            leaving: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// The members at start; [`EngineHandle::set_members`] changes them.
     pub members: Vec<Member>,
     pub policy: Policy,
     pub probe_interval: Duration,
     pub switchover_timeout: Duration,
+    /// What is published already: the epoch goes on from here, never back.
+    pub published: Published,
+    /// Observe and report, never act.
+    pub paused: bool,
 }
 
 /// The engine's status as `/status` shows it.
@@ -44,8 +69,10 @@ pub struct Status {
     pub epoch: u64,
     pub servers: Vec<ServerStatus>,
     pub last_failover: Option<FailoverRecord>,
-    /// Why the engine is not acting although something is wrong, if it is.
+    /// Why the engine is not acting although something is wrong, if it is (when paused: what
+    /// it would do).
     pub waiting: Option<String>,
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,6 +106,12 @@ pub enum SwitchoverError {
     NoMaster,
     #[error("{0} is not a server of this group; pick one of the configured servers")]
     UnknownTarget(Endpoint),
+    #[error("the engine is paused (spec.paused); unpause it to switch over")]
+    Paused,
+    #[error("this controller does not hold the lease; the leader acts")]
+    NotLeader,
+    #[error("publishing the new master failed ({0}); the switchover was undone")]
+    Publish(String),
     #[error("{target} cannot take over: {why}")]
     TargetNotReady { target: Endpoint, why: String },
     #[error(
@@ -104,7 +137,8 @@ impl SwitchoverError {
         match self {
             SwitchoverError::CatchUpTimeout { .. } => 504,
             SwitchoverError::Redis(_) => 502,
-            SwitchoverError::EngineStopped => 503,
+            SwitchoverError::EngineStopped | SwitchoverError::NotLeader => 503,
+            SwitchoverError::Publish(_) => 502,
             _ => 409,
         }
     }
@@ -117,16 +151,29 @@ enum Request {
     },
 }
 
-/// What the rest of the process holds of the engine: what it publishes, and a way to ask it
-/// for a switchover.
+/// What the rest of the process holds of the engine: what it publishes, and ways to ask it
+/// for a switchover and to change its members.
 #[derive(Clone)]
 pub struct EngineHandle {
     pub published: watch::Receiver<Published>,
     pub status: watch::Receiver<Status>,
     requests: mpsc::Sender<Request>,
+    members: std::sync::Arc<watch::Sender<Vec<Member>>>,
 }
 
 impl EngineHandle {
+    /// The group is now `members`: new ones are probed at once, a removed one is gone (a
+    /// removed master is down at once), a leaving master is handed over.
+    pub fn set_members(&self, members: Vec<Member>) {
+        self.members.send_if_modified(|current| {
+            let changed = *current != members;
+            if changed {
+                *current = members;
+            }
+            changed
+        });
+    }
+
     pub async fn switchover(&self, target: Option<Endpoint>) -> Result<Published, SwitchoverError> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -148,64 +195,82 @@ struct Tracked {
     warnings: Vec<String>,
 }
 
-pub struct Engine {
+pub struct Engine<P> {
     config: EngineConfig,
     connector: Connector,
     metrics: EngineMetrics,
+    publisher: P,
     servers: Vec<Tracked>,
     published: watch::Sender<Published>,
     status: watch::Sender<Status>,
     requests: mpsc::Receiver<Request>,
+    members: watch::Receiver<Vec<Member>>,
     started: Instant,
     last_failover: Option<FailoverRecord>,
     waiting: Option<Waiting>,
+    /// A leaving master's hand-over failed: the next try waits until then, since each one
+    /// pauses writes for up to `switchover_timeout`.
+    handover_retry_at: Option<Instant>,
 }
 
 /// The subscription channel watchers hold; nothing is ever published on it.
 const WATCH_CHANNEL: &str = "__redis-pair__:watch";
 
-impl Engine {
+impl Tracked {
+    fn new(member: Member, now: Duration) -> Self {
+        Self {
+            member,
+            probed: false,
+            last_answer: None,
+            // Nothing is known before the first probe: fail-safe as "timing out since now",
+            // which the decision treats as "wait", never as "down".
+            probe: Probe::Failed {
+                kind: FailureKind::Timeout,
+                since: now,
+            },
+            error: Some("not probed yet".into()),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl<P: Publisher> Engine<P> {
     pub fn new(
         config: EngineConfig,
         connector: Connector,
         metrics: EngineMetrics,
+        publisher: P,
     ) -> (Self, EngineHandle) {
-        let (published_tx, published_rx) = watch::channel(Published::default());
+        let (published_tx, published_rx) = watch::channel(config.published.clone());
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (request_tx, request_rx) = mpsc::channel(8);
+        let (members_tx, members_rx) = watch::channel(config.members.clone());
         let servers = config
             .members
             .iter()
-            .map(|member| Tracked {
-                member: member.clone(),
-                probed: false,
-                last_answer: None,
-                // Nothing is known before the first probe: fail-safe as "timing out since 0",
-                // which the decision treats as "wait", never as "down".
-                probe: Probe::Failed {
-                    kind: FailureKind::Timeout,
-                    since: Duration::ZERO,
-                },
-                error: Some("not probed yet".into()),
-                warnings: Vec::new(),
-            })
+            .map(|member| Tracked::new(member.clone(), Duration::ZERO))
             .collect();
         let engine = Self {
             config,
             connector,
             metrics,
+            publisher,
             servers,
             published: published_tx,
             status: status_tx,
             requests: request_rx,
+            members: members_rx,
             started: Instant::now(),
             last_failover: None,
             waiting: None,
+            handover_retry_at: None,
         };
+        engine.refresh_status();
         let handle = EngineHandle {
             published: published_rx,
             status: status_rx,
             requests: request_tx,
+            members: std::sync::Arc::new(members_tx),
         };
         (engine, handle)
     }
@@ -225,18 +290,19 @@ impl Engine {
             .collect()
     }
 
-    /// Runs until `shutdown` is cancelled.
+    /// Runs until `shutdown` is cancelled. An action under way (a promotion, a switchover) is
+    /// finished first; losing the right to act (`Publisher::may_act`) stops it between two
+    /// commands instead.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (lost_tx, mut lost_rx) = mpsc::channel(self.servers.len() * 2);
-        for tracked in &self.servers {
-            tokio::spawn(watch_connection(
-                self.connector.clone(),
-                tracked.member.endpoint.clone(),
-                self.config.probe_interval,
-                lost_tx.clone(),
-                shutdown.child_token(),
-            ));
-        }
+        let (lost_tx, mut lost_rx) = mpsc::channel(64);
+        let mut watchers = Watchers {
+            connector: self.connector.clone(),
+            retry_every: self.config.probe_interval,
+            lost: lost_tx,
+            shutdown: shutdown.child_token(),
+            running: HashMap::new(),
+        };
+        watchers.follow(self.servers.iter().map(|t| &t.member.endpoint));
         let mut ticker = tokio::time::interval(self.config.probe_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -247,6 +313,12 @@ impl Engine {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(request) = self.requests.recv() => self.serve(request).await,
+                Ok(()) = self.members.changed() => {
+                    self.update_members();
+                    watchers.follow(self.servers.iter().map(|t| &t.member.endpoint));
+                    self.round().await;
+                    ticker.reset();
+                }
                 Some(endpoint) = lost_rx.recv() => {
                     debug!(server = %endpoint, "watched connection closed; probing now");
                     self.round().await;
@@ -259,7 +331,39 @@ impl Engine {
                 _ = ticker.tick() => self.round().await,
             }
         }
+        watchers.shutdown.cancel();
         info!("engine stopped");
+    }
+
+    /// Takes the latest members: a server that stays keeps what the engine knows of it.
+    fn update_members(&mut self) {
+        let members = self.members.borrow_and_update().clone();
+        let now = self.now();
+        let mut kept: Vec<Tracked> = Vec::with_capacity(members.len());
+        for member in members {
+            match self
+                .servers
+                .iter()
+                .position(|t| t.member.endpoint == member.endpoint)
+            {
+                Some(index) => {
+                    let mut tracked = self.servers.swap_remove(index);
+                    if member.leaving && !tracked.member.leaving {
+                        info!(server = %member.endpoint, "member is leaving");
+                    }
+                    tracked.member = member;
+                    kept.push(tracked);
+                }
+                None => {
+                    info!(server = %member.endpoint, "member added");
+                    kept.push(Tracked::new(member, now));
+                }
+            }
+        }
+        for gone in &self.servers {
+            info!(server = %gone.member.endpoint, "member removed");
+        }
+        self.servers = kept;
     }
 
     /// When the earliest failing (not yet down) server becomes down, if any.
@@ -287,19 +391,24 @@ impl Engine {
             self.now(),
         );
         self.note_waiting(&plan);
-        self.execute(plan).await;
+        if self.config.paused {
+            self.note_paused(&plan);
+        } else {
+            self.execute(plan).await;
+        }
         self.refresh_status();
     }
 
     /// Probes every server concurrently and records what it saw; returns the failures.
     async fn observe(&mut self) -> Vec<(Endpoint, RedisCallError)> {
         let now = self.now();
-        let members = &self.config.members;
-        let known = |host: &str, port: u16| known_member(members, host, port);
+        let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
+        let known = |host: &str, port: u16| known_member(&members, host, port);
+        let read_fence = self.config.policy.fencing != Fencing::Unmanaged;
         let results = join_all(
             self.servers
                 .iter()
-                .map(|t| self.connector.probe(&t.member.endpoint, &known)),
+                .map(|t| self.connector.probe(&t.member.endpoint, &known, read_fence)),
         )
         .await;
         let mut failures = Vec::new();
@@ -351,6 +460,7 @@ impl Engine {
             .map(|t| ServerState {
                 endpoint: t.member.endpoint.clone(),
                 probe: t.probe.clone(),
+                leaving: t.member.leaving,
             })
             .collect()
     }
@@ -365,7 +475,33 @@ impl Engine {
         }
     }
 
+    /// What a paused engine would do, for `/status` and the RedisPair's status.
+    fn note_paused(&mut self, plan: &Plan) {
+        if !plan.is_noop() && self.waiting.is_none() {
+            debug!(?plan, "paused: not acting");
+        }
+    }
+
     async fn execute(&mut self, plan: Plan) {
+        if plan.is_noop() {
+            return;
+        }
+        if !self.publisher.may_act() {
+            debug!("not acting: this engine may not act now (no lease)");
+            return;
+        }
+        let current = self.published.borrow().clone();
+        let new_master = plan
+            .publish
+            .as_ref()
+            .map(|(next, _)| next.master.as_ref())
+            .or(plan.promote.as_ref().map(Some))
+            .filter(|next| *next != current.master.as_ref());
+        if let (Some(_), Some(old)) = (new_master, &current.master)
+            && !self.retract(old).await
+        {
+            return;
+        }
         let why = plan.publish.as_ref().map_or(
             "the published master reports role replica",
             |(_, reason)| reason.as_str(),
@@ -384,22 +520,95 @@ impl Engine {
                 }
             }
         }
-        if let Some((next, reason)) = plan.publish {
-            self.publish(next, reason);
+        if let Some((server, fence)) = plan.fence {
+            // A failure is not a reason to hold the publication back: the next round sets the
+            // fence again, and an unfenced or over-fenced master for a round beats none.
+            self.set_fence(&server, fence).await;
+        }
+        if let Some((next, reason)) = plan.publish
+            && !self.publish(next, reason).await
+        {
+            // Nothing is repointed at a master that is not published.
+            return;
         }
         for (server, master) in &plan.replicate {
+            if !self.publisher.may_act() {
+                return;
+            }
+            let was_master = self
+                .servers
+                .iter()
+                .find(|t| &t.member.endpoint == server)
+                .and_then(|t| match &t.probe {
+                    Probe::Up(info) => Some(info.role == Role::Master),
+                    Probe::Failed { .. } => None,
+                })
+                .unwrap_or(false);
             let result = self.connector.replicate(server, master).await;
             self.count(Command::Replicate, &result);
             match result {
-                Ok(()) => info!(
-                    server = %server,
-                    master = %master,
-                    reason = "answers but does not replicate from the published master",
-                    "made a replica (REPLICAOF)"
-                ),
+                Ok(()) => {
+                    info!(
+                        server = %server,
+                        master = %master,
+                        reason = "answers but does not replicate from the published master",
+                        "made a replica (REPLICAOF)"
+                    );
+                    self.publisher.record(EngineEvent::Repointed {
+                        server: server.clone(),
+                        master: master.clone(),
+                        was_master,
+                    });
+                }
                 Err(error) => {
                     warn!(server = %server, master = %master, error = %error, "REPLICAOF failed; will retry")
                 }
+            }
+        }
+        if let Some(target) = plan.switch_over {
+            self.hand_over(target).await;
+        }
+    }
+
+    /// Asks the publisher to take the published master `old` out of service before it is
+    /// replaced; `false` (and the change waits for the next round) when that failed.
+    async fn retract(&self, old: &Endpoint) -> bool {
+        match self.publisher.retract(old).await {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(master = %old, error = %error, "cannot retract the old master before replacing it; will retry");
+                false
+            }
+        }
+    }
+
+    async fn set_fence(&self, server: &Endpoint, fence: MinReplicas) {
+        let result = self.connector.set_fence(server, fence).await;
+        self.count(Command::SetFence, &result);
+        match result {
+            Ok(()) => info!(
+                server = %server,
+                min_replicas_to_write = fence.to_write,
+                min_replicas_max_lag = fence.max_lag_secs,
+                "write fence set"
+            ),
+            Err(error) => {
+                warn!(server = %server, error = %error, "setting the write fence failed; will retry")
+            }
+        }
+    }
+
+    /// The published master is leaving: a planned switchover to `target`, so nothing
+    /// acknowledged is lost. A failure waits `switchover_timeout` before the next try.
+    async fn hand_over(&mut self, target: Endpoint) {
+        if self.handover_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match self.switchover(Some(target), Reason::MasterLeaving).await {
+            Ok(_) => self.handover_retry_at = None,
+            Err(error) => {
+                warn!(error = %error, "handing over the leaving master failed; will retry");
+                self.handover_retry_at = Some(Instant::now() + self.config.switchover_timeout);
             }
         }
     }
@@ -416,8 +625,23 @@ impl Engine {
             .inc();
     }
 
-    fn publish(&mut self, next: Published, reason: Reason) {
-        let previous = self.published.borrow().master.clone();
+    /// Publishes `next` through the publisher; only if that succeeded is it what the engine
+    /// (and a proxy in this process) follows. `false` when it was not published.
+    async fn publish(&mut self, next: Published, reason: Reason) -> bool {
+        if !self.publisher.may_act() {
+            return false;
+        }
+        let current = self.published.borrow().clone();
+        if let Err(error) = self.publisher.publish(&current, &next, reason).await {
+            warn!(epoch = next.epoch, error = %error, "publishing failed; will retry");
+            if let PublishError::Superseded(newer) = error
+                && newer.epoch > current.epoch
+            {
+                self.published.send_replace(newer);
+            }
+            return false;
+        }
+        let previous = current.master;
         let show = |e: &Option<Endpoint>| {
             e.as_ref()
                 .map_or_else(|| "none".to_owned(), Endpoint::to_string)
@@ -437,7 +661,7 @@ impl Engine {
             .inc();
         if reason != Reason::Initial {
             self.last_failover = Some(FailoverRecord {
-                from: previous,
+                from: previous.clone(),
                 to: next.master.clone(),
                 reason,
                 epoch: next.epoch,
@@ -446,8 +670,15 @@ impl Engine {
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             });
         }
+        self.publisher.record(EngineEvent::Published {
+            from: previous,
+            to: next.master.clone(),
+            epoch: next.epoch,
+            reason,
+        });
         self.published.send_replace(next);
         self.refresh_status();
+        true
     }
 
     fn refresh_status(&self) {
@@ -495,12 +726,24 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         self.update_metrics(&published, &servers);
+        let waiting = if self.config.paused {
+            Some(
+                self.waiting
+                    .as_ref()
+                    .map_or("paused (observing only)".to_owned(), |w| {
+                        format!("paused (observing only); {}", describe_waiting(w))
+                    }),
+            )
+        } else {
+            self.waiting.as_ref().map(describe_waiting)
+        };
         self.status.send_replace(Status {
             master: published.master,
             epoch: published.epoch,
             servers,
             last_failover: self.last_failover.clone(),
-            waiting: self.waiting.as_ref().map(describe_waiting),
+            waiting,
+            paused: self.config.paused,
         });
     }
 
@@ -534,7 +777,7 @@ impl Engine {
     async fn serve(&mut self, request: Request) {
         match request {
             Request::Switchover { target, reply } => {
-                let result = self.switchover(target).await;
+                let result = self.switchover(target, Reason::Switchover).await;
                 if let Err(error) = &result {
                     warn!(error = %error, "switchover refused or failed");
                 }
@@ -546,11 +789,21 @@ impl Engine {
     }
 
     /// A planned switchover with no acknowledged write lost: pause writes on the master, wait
-    /// until the target has every byte of the replication stream, promote it, publish it
-    /// (which closes every proxied connection to the old master), demote the old master, and
-    /// only then unpause it, so that writes that were waiting fail with READONLY instead of
-    /// being acknowledged by a server that is no longer the master.
-    async fn switchover(&mut self, target: Option<Endpoint>) -> Result<Published, SwitchoverError> {
+    /// until the target has every byte of the replication stream, retract the master, promote
+    /// the target, publish it (which closes every proxied connection to the old master),
+    /// demote the old master, and only then unpause it, so that writes that were waiting fail
+    /// with READONLY instead of being acknowledged by a server that is no longer the master.
+    async fn switchover(
+        &mut self,
+        target: Option<Endpoint>,
+        reason: Reason,
+    ) -> Result<Published, SwitchoverError> {
+        if self.config.paused {
+            return Err(SwitchoverError::Paused);
+        }
+        if !self.publisher.may_act() {
+            return Err(SwitchoverError::NotLeader);
+        }
         self.observe().await;
         let published = self.published.borrow().clone();
         let master = published.master.clone().ok_or(SwitchoverError::NoMaster)?;
@@ -576,27 +829,55 @@ impl Engine {
         }
         let (target, target_run_id) = self.switchover_target(&master, target)?;
         info!(from = %master, to = %target, "switchover: pausing writes on the master");
+        self.publisher.record(EngineEvent::SwitchoverStarted {
+            from: master.clone(),
+            to: target.clone(),
+        });
+        let result = self
+            .switch(&published, &master, &target, target_run_id, reason)
+            .await;
+        if let Err(error) = &result {
+            self.publisher.record(EngineEvent::SwitchoverFailed {
+                from: master.clone(),
+                to: target.clone(),
+                error: error.to_string(),
+            });
+        }
+        result
+    }
 
+    /// The steps of [`Self::switchover`] once the target is chosen.
+    async fn switch(
+        &mut self,
+        published: &Published,
+        master: &Endpoint,
+        target: &Endpoint,
+        target_run_id: String,
+        reason: Reason,
+    ) -> Result<Published, SwitchoverError> {
         let deadline = self.config.switchover_timeout;
         // The pause must outlast everything up to the demotion, or a write could be
         // acknowledged by the old master after the new one is published.
         let pause_for = deadline + self.connector.deadline() * 4 + Duration::from_secs(1);
-        let paused = self.connector.pause_writes(&master, pause_for).await;
+        let paused = self.connector.pause_writes(master, pause_for).await;
         self.count(Command::PauseWrites, &paused);
         paused?;
 
-        let caught_up = self.wait_for_catch_up(&master, &target, deadline).await;
+        let caught_up = self.wait_for_catch_up(master, target, deadline).await;
         let promoted = match caught_up {
+            Ok(()) if !self.publisher.may_act() => Err(SwitchoverError::NotLeader),
+            Ok(()) if !self.retract(master).await => Err(SwitchoverError::Publish(
+                "the old master could not be retracted".into(),
+            )),
             Ok(()) => {
-                let result = self.connector.promote(&target).await;
+                let result = self.connector.promote(target).await;
                 self.count(Command::Promote, &result);
                 result.map_err(SwitchoverError::from)
             }
             Err(error) => Err(error),
         };
         if let Err(error) = promoted {
-            let unpaused = self.connector.unpause(&master).await;
-            self.count(Command::Unpause, &unpaused);
+            self.unpause(master).await;
             return Err(error);
         }
         let next = Published {
@@ -604,19 +885,60 @@ impl Engine {
             master: Some(target.clone()),
             run_id: Some(target_run_id),
         };
-        self.publish(next.clone(), Reason::Switchover);
-        let demoted = self.connector.replicate(&master, &target).await;
+        if let Some(fence) = self.fence_after_promotion(target) {
+            self.set_fence(target, fence).await;
+        }
+        if !self.publish(next.clone(), reason).await {
+            // Nobody was told of the target, and no write reached either server (the master
+            // is paused, the target was not routed to): undo the promotion.
+            let undone = self.connector.replicate(target, master).await;
+            self.count(Command::Replicate, &undone);
+            self.unpause(master).await;
+            return Err(SwitchoverError::Publish(match undone {
+                Ok(()) => "not published".into(),
+                Err(error) => format!("not published, and demoting {target} again failed: {error}"),
+            }));
+        }
+        let demoted = self.connector.replicate(master, target).await;
         self.count(Command::Replicate, &demoted);
         if let Err(error) = &demoted {
             // The rounds retry the demotion; until then the pause keeps the old master from
             // taking writes, and no proxy routes to it.
             warn!(server = %master, error = %error, "switchover: demoting the old master failed; will retry");
         } else {
-            let unpaused = self.connector.unpause(&master).await;
-            self.count(Command::Unpause, &unpaused);
+            self.publisher.record(EngineEvent::Repointed {
+                server: master.clone(),
+                master: target.clone(),
+                was_master: true,
+            });
+            self.unpause(master).await;
         }
         info!(from = %master, to = %target, epoch = next.epoch, "switchover complete");
         Ok(next)
+    }
+
+    async fn unpause(&self, server: &Endpoint) {
+        let unpaused = self.connector.unpause(server).await;
+        self.count(Command::Unpause, &unpaused);
+    }
+
+    /// A promoted replica has no replica of its own yet: with a fence set (left from a time
+    /// it was master) it would refuse every write until one attached.
+    fn fence_after_promotion(&self, target: &Endpoint) -> Option<MinReplicas> {
+        let current = self
+            .servers
+            .iter()
+            .find(|t| &t.member.endpoint == target)
+            .and_then(|t| match &t.probe {
+                Probe::Up(info) => info.min_replicas,
+                Probe::Failed { .. } => None,
+            })?;
+        (self.config.policy.fencing != Fencing::Unmanaged && current.to_write > 0).then_some(
+            MinReplicas {
+                to_write: 0,
+                ..current
+            },
+        )
     }
 
     fn switchover_target(
@@ -638,6 +960,9 @@ impl Engine {
                     Err("its replica-priority is 0 (never promote)".into())
                 }
                 Probe::Up(info) if !info.synced => Err("it has not completed a sync yet".into()),
+                Probe::Up(_) if t.member.leaving => {
+                    Err("it is leaving (its pod is being deleted)".into())
+                }
                 Probe::Up(info) => Ok(info.run_id.clone()),
             }
         };
@@ -713,7 +1038,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// Maps a replica's `master_host:master_port` to the member it names, by name or by address.
-fn known_member(members: &[Member], host: &str, port: u16) -> Option<Endpoint> {
+fn known_member(members: &[&Member], host: &str, port: u16) -> Option<Endpoint> {
     let ip = host.parse::<std::net::IpAddr>().ok();
     members
         .iter()
@@ -738,6 +1063,45 @@ fn describe_waiting(waiting: &Waiting) -> String {
                 .into()
         }
         Waiting::NothingUp => "no master: no server is answering; still probing".into(),
+        Waiting::NoSwitchoverTarget { master } => format!(
+            "master {master} is leaving but no replica is in sync with it to take over; it \
+             stays master until it goes, then a failover follows"
+        ),
+    }
+}
+
+/// The watched connections, one per member, following the members as they change.
+struct Watchers {
+    connector: Connector,
+    retry_every: Duration,
+    lost: mpsc::Sender<Endpoint>,
+    shutdown: CancellationToken,
+    running: HashMap<Endpoint, CancellationToken>,
+}
+
+impl Watchers {
+    fn follow<'a>(&mut self, members: impl Iterator<Item = &'a Endpoint>) {
+        let members: Vec<&Endpoint> = members.collect();
+        self.running.retain(|endpoint, stop| {
+            let keep = members.contains(&endpoint);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for endpoint in members {
+            if !self.running.contains_key(endpoint) {
+                let stop = self.shutdown.child_token();
+                tokio::spawn(watch_connection(
+                    self.connector.clone(),
+                    endpoint.clone(),
+                    self.retry_every,
+                    self.lost.clone(),
+                    stop.clone(),
+                ));
+                self.running.insert(endpoint.clone(), stop);
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use super::*;
 const DOWN_AFTER: Duration = Duration::from_secs(2);
 const POLICY: Policy = Policy {
     down_after: DOWN_AFTER,
+    fencing: Fencing::Unmanaged,
 };
 
 fn ep(port: u16) -> Endpoint {
@@ -33,7 +34,9 @@ fn master(port: u16) -> Server {
             offset: 1000,
             priority: 100,
             keys: 10,
+            min_replicas: None,
         }),
+        leaving: false,
     })
 }
 
@@ -52,6 +55,7 @@ fn failed(port: u16, kind: FailureKind, since: f64) -> Server {
             kind,
             since: secs(since),
         },
+        leaving: false,
     })
 }
 
@@ -91,6 +95,17 @@ impl Server {
         self.info().run_id = run_id.to_owned();
         self
     }
+    fn leaving(mut self) -> Self {
+        self.0.leaving = true;
+        self
+    }
+    fn fence(mut self, to_write: u32, max_lag_secs: u32) -> Self {
+        self.info().min_replicas = Some(MinReplicas {
+            to_write,
+            max_lag_secs,
+        });
+        self
+    }
 }
 
 fn world(servers: &[Server]) -> Vec<ServerState> {
@@ -113,6 +128,15 @@ fn publishes(plan: &Plan) -> Option<(Option<u16>, u64, Reason)> {
 
 fn decide_at(servers: &[Server], published: &Published, now: f64) -> Plan {
     decide(&world(servers), published, &POLICY, secs(now))
+}
+
+const FENCED: Policy = Policy {
+    down_after: DOWN_AFTER,
+    fencing: Fencing::On { max_lag_secs: 5 },
+};
+
+fn decide_fenced(servers: &[Server], published: &Published) -> Plan {
+    decide(&world(servers), published, &FENCED, secs(10.0))
 }
 
 // ---- steady state -------------------------------------------------------------------------
@@ -415,9 +439,215 @@ fn master_that_restarted_with_no_replica_to_take_over_is_republished() {
     assert_eq!(p.run_id.as_deref(), Some("fresh"));
 }
 
+// ---- a master nobody published (rule 5) ---------------------------------------------------
+
+#[test]
+fn master_nobody_published_is_kept_when_the_published_master_is_down() {
+    // An engine promoted 2 and died before publishing it; 3 still follows the dead 1.
+    let plan = decide_at(
+        &[
+            refused(1),
+            master(2).offset(1000),
+            replica(3, 1).offset(900),
+        ],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.promote, None, "{plan:?}");
+    assert_eq!(publishes(&plan), Some((Some(2), 6, Reason::MasterDown)));
+    assert_eq!(plan.replicate, vec![(ep(3), ep(2))]);
+}
+
+#[test]
+fn master_nobody_published_wins_a_tie_with_a_replica() {
+    let plan = decide_at(
+        &[
+            refused(1),
+            replica(2, 1).offset(1000),
+            master(3).offset(1000),
+        ],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.promote, None, "{plan:?}");
+    assert_eq!(publishes(&plan), Some((Some(3), 6, Reason::MasterDown)));
+    assert_eq!(plan.replicate, vec![(ep(2), ep(3))]);
+}
+
+#[test]
+fn replica_further_ahead_than_a_master_nobody_published_is_promoted_over_it() {
+    // A stale master from an older epoch that came back while the published one was down.
+    let plan = decide_at(
+        &[refused(1), master(2).offset(500), replica(3, 1).offset(900)],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.promote, Some(ep(3)));
+    assert_eq!(plan.replicate, vec![(ep(2), ep(3))]);
+}
+
+#[test]
+fn master_nobody_published_is_demoted_while_the_published_master_is_up() {
+    let plan = decide_at(
+        &[master(1), master(2).offset(5000), replica(3, 1)],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.publish, None);
+    assert_eq!(plan.replicate, vec![(ep(2), ep(1))]);
+}
+
+// ---- leaving servers (rule 6) -------------------------------------------------------------
+
+#[test]
+fn leaving_master_is_handed_over_to_the_most_caught_up_replica_in_sync() {
+    let plan = decide_at(
+        &[
+            master(1).leaving(),
+            replica(2, 1).offset(900),
+            replica(3, 1).offset(1000),
+        ],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.switch_over, Some(ep(3)), "{plan:?}");
+    assert_eq!(plan.promote, None);
+    assert_eq!(plan.publish, None);
+    assert_eq!(plan.waiting, None);
+}
+
+#[test]
+fn leaving_master_is_not_handed_over_to_a_leaving_or_unsynced_replica() {
+    let mut unlinked = replica(3, 1);
+    unlinked.info().link_up = false;
+    let plan = decide_at(
+        &[master(1).leaving(), replica(2, 1).leaving(), unlinked],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.switch_over, None, "{plan:?}");
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::NoSwitchoverTarget { master: ep(1) })
+    );
+}
+
+#[test]
+fn leaving_replica_is_never_promoted() {
+    let plan = decide_at(
+        &[
+            refused(1),
+            replica(2, 1).offset(2000).leaving(),
+            replica(3, 1).offset(900),
+        ],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.promote, Some(ep(3)));
+}
+
+#[test]
+fn leaving_master_that_went_down_is_failed_over_as_any_other() {
+    let plan = decide_at(
+        &[refused(1).leaving(), replica(2, 1)],
+        &published(5, Some(1)),
+        10.0,
+    );
+    assert_eq!(plan.promote, Some(ep(2)));
+    assert_eq!(publishes(&plan), Some((Some(2), 6, Reason::MasterDown)));
+}
+
+// ---- write fencing (rule 7) ---------------------------------------------------------------
+
+#[test]
+fn fencing_on_sets_one_replica_to_write_while_a_replica_is_in_sync() {
+    let plan = decide_fenced(
+        &[master(1).fence(0, 10), replica(2, 1).fence(0, 10)],
+        &published(5, Some(1)),
+    );
+    let want = MinReplicas {
+        to_write: 1,
+        max_lag_secs: 5,
+    };
+    assert_eq!(plan.fence, Some((ep(1), want)));
+    assert_eq!(plan.publish, None);
+}
+
+#[test]
+fn fence_is_lowered_when_the_master_is_reachable_and_no_replica_is_in_sync() {
+    let mut unlinked = replica(2, 1).fence(0, 5);
+    unlinked.info().link_up = false;
+    for others in [vec![refused(2)], vec![unlinked]] {
+        let mut servers = vec![master(1).fence(1, 5)];
+        servers.extend(others);
+        let plan = decide_fenced(&servers, &published(5, Some(1)));
+        let want = MinReplicas {
+            to_write: 0,
+            max_lag_secs: 5,
+        };
+        assert_eq!(plan.fence, Some((ep(1), want)), "{plan:?}");
+    }
+}
+
+#[test]
+fn fence_that_is_right_is_left_alone() {
+    let plan = decide_fenced(
+        &[master(1).fence(1, 5), replica(2, 1)],
+        &published(5, Some(1)),
+    );
+    assert!(plan.is_noop(), "{plan:?}");
+}
+
+#[test]
+fn promoted_replica_gets_no_fence_until_a_replica_follows_it() {
+    // 2 carries a fence from a time it was master; as the new master it has no replica yet.
+    let plan = decide_fenced(
+        &[refused(1), replica(2, 1).fence(1, 5)],
+        &published(5, Some(1)),
+    );
+    assert_eq!(plan.promote, Some(ep(2)));
+    let want = MinReplicas {
+        to_write: 0,
+        max_lag_secs: 5,
+    };
+    assert_eq!(plan.fence, Some((ep(2), want)));
+}
+
+#[test]
+fn fencing_off_clears_a_fence_and_unmanaged_never_touches_it() {
+    let off = Policy {
+        fencing: Fencing::Off,
+        ..FENCED
+    };
+    let servers = world(&[master(1).fence(1, 7), replica(2, 1)]);
+    let plan = decide(&servers, &published(5, Some(1)), &off, secs(10.0));
+    let want = MinReplicas {
+        to_write: 0,
+        max_lag_secs: 7,
+    };
+    assert_eq!(plan.fence, Some((ep(1), want)));
+    let plan = decide(&servers, &published(5, Some(1)), &POLICY, secs(10.0));
+    assert_eq!(plan.fence, None);
+}
+
+#[test]
+fn fence_that_could_not_be_read_is_left_alone() {
+    let plan = decide_fenced(&[master(1), replica(2, 1)], &published(5, Some(1)));
+    assert_eq!(plan.fence, None);
+}
+
 // ---- properties ---------------------------------------------------------------------------
 
 const PORTS: std::ops::Range<u16> = 1..6;
+
+fn arb_fence() -> impl Strategy<Value = Option<MinReplicas>> {
+    proptest::option::of((0u32..2, prop_oneof![Just(5u32), Just(10)]).prop_map(
+        |(to_write, max_lag_secs)| MinReplicas {
+            to_write,
+            max_lag_secs,
+        },
+    ))
+}
 
 fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
     let up = (
@@ -428,9 +658,10 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
         prop_oneof![Just(0u32), Just(1), Just(100)],
         0u64..3,
         0u8..3,
+        arb_fence(),
     )
         .prop_map(
-            |(is_master, master, (link_up, synced), offset, priority, keys, run)| {
+            |(is_master, master, (link_up, synced), offset, priority, keys, run, fence)| {
                 Probe::Up(RedisInfo {
                     role: if is_master {
                         Role::Master
@@ -444,6 +675,7 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
                     offset,
                     priority,
                     keys,
+                    min_replicas: fence,
                 })
             },
         );
@@ -463,35 +695,51 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
     prop_oneof![3 => up, 1 => failed]
 }
 
-fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published)> {
+const POLICIES: [Policy; 3] = [
+    POLICY,
+    Policy {
+        fencing: Fencing::Off,
+        ..POLICY
+    },
+    FENCED,
+];
+
+fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
     proptest::sample::subsequence(PORTS.collect::<Vec<_>>(), 1..=5)
         .prop_flat_map(|ports| {
             let probes = ports
                 .iter()
-                .map(|_| arb_probe(PORTS.collect()))
+                .map(|_| (arb_probe(PORTS.collect()), proptest::bool::weighted(0.25)))
                 .collect::<Vec<_>>();
             let published = (
                 0u64..5,
                 proptest::option::of(proptest::sample::select(PORTS.collect::<Vec<_>>())),
-                0u8..3,
+                0u8..4,
             )
                 .prop_map(|(epoch, master, run)| Published {
                     epoch,
                     master: master.map(ep),
-                    run_id: master.map(|_| format!("run-{run}")),
+                    // 3: a run not known, as after a controller restart.
+                    run_id: master.filter(|_| run < 3).map(|_| format!("run-{run}")),
                 });
-            (Just(ports), probes, published)
+            (
+                Just(ports),
+                probes,
+                published,
+                proptest::sample::select(POLICIES.to_vec()),
+            )
         })
-        .prop_map(|(ports, probes, published)| {
+        .prop_map(|(ports, probes, published, policy)| {
             let servers = ports
                 .into_iter()
                 .zip(probes)
-                .map(|(port, probe)| ServerState {
+                .map(|(port, (probe, leaving))| ServerState {
                     endpoint: ep(port),
                     probe,
+                    leaving,
                 })
                 .collect();
-            (servers, published)
+            (servers, published, policy)
         })
 }
 
@@ -504,20 +752,46 @@ fn info_of<'a>(servers: &'a [ServerState], endpoint: &Endpoint) -> Option<&'a Re
         .and_then(ServerState::info)
 }
 
-// Each property is a plain function over (world, publication, plan) so that the proptests
-// (random worlds of up to five servers) and the exhaustive test (every world of two and three
-// servers over a small domain) check exactly the same thing.
+/// The published master's process is the one that was published (or its run is not known, as
+/// after a controller restart).
+fn same_run(published: &Published, info: &RedisInfo) -> bool {
+    published
+        .run_id
+        .as_ref()
+        .is_none_or(|run| *run == info.run_id)
+}
 
-type Property = fn(&[ServerState], &Published, &Plan) -> Result<(), TestCaseError>;
+fn is_leaving(servers: &[ServerState], endpoint: &Endpoint) -> bool {
+    servers.iter().any(|s| &s.endpoint == endpoint && s.leaving)
+}
 
-const PROPERTIES: [(&str, Property); 4] = [
+/// The master after the plan: the one it publishes, or the one already published.
+fn master_of_the_plan<'a>(published: &'a Published, plan: &'a Plan) -> Option<&'a Endpoint> {
+    plan.publish
+        .as_ref()
+        .map_or(published.master.as_ref(), |(next, _)| next.master.as_ref())
+}
+
+fn has_replica_in_sync(servers: &[ServerState], master: &Endpoint) -> bool {
+    servers.iter().filter_map(ServerState::info).any(|info| {
+        info.role == Role::Replica && info.link_up && info.master.as_ref() == Some(master)
+    })
+}
+
+// Each property is a plain function over (world, publication, policy, plan) so that the
+// proptests (random worlds of up to five servers) and the exhaustive tests (every world of two
+// and three servers over a small domain) check exactly the same thing.
+
+type Property = fn(&[ServerState], &Published, &Policy, &Plan) -> Result<(), TestCaseError>;
+
+const PROPERTIES: [(&str, Property); 8] = [
     (
         "a publication names one answering master under the next epoch",
         publication_names_one_answering_master,
     ),
     (
-        "a promotion is the most caught-up eligible replica",
-        promotion_is_the_most_caught_up_eligible_replica,
+        "a promotion is the most caught-up candidate, masters nobody published included",
+        promotion_is_the_most_caught_up_candidate,
     ),
     (
         "every repointed server follows the master of the plan",
@@ -527,11 +801,28 @@ const PROPERTIES: [(&str, Property); 4] = [
         "a healthy published master is never replaced",
         healthy_published_master_is_kept,
     ),
+    (
+        "a leaving server is never made the master",
+        leaving_server_is_never_made_master,
+    ),
+    (
+        "a leaving master is handed over to the best replica in sync, and only then",
+        leaving_master_is_handed_over_to_the_best_replica_in_sync,
+    ),
+    (
+        "a fence of one replica to write is only set while a replica is in sync",
+        fence_follows_the_replicas_in_sync,
+    ),
+    (
+        "a healthy master with fencing on gets the fence it should have",
+        healthy_master_gets_the_fence_it_should_have,
+    ),
 ];
 
 fn publication_names_one_answering_master(
     servers: &[ServerState],
     published: &Published,
+    _policy: &Policy,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
     if let Some((next, _)) = &plan.publish {
@@ -554,9 +845,10 @@ fn publication_names_one_answering_master(
     Ok(())
 }
 
-fn promotion_is_the_most_caught_up_eligible_replica(
+fn promotion_is_the_most_caught_up_candidate(
     servers: &[ServerState],
     published: &Published,
+    _policy: &Policy,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
     let Some(promoted) = &plan.promote else {
@@ -571,18 +863,22 @@ fn promotion_is_the_most_caught_up_eligible_replica(
     }
     prop_assert!(info.priority > 0, "promoted a priority-0 replica");
     prop_assert!(info.synced, "promoted a replica that never synced");
-    let view = View {
-        servers,
-        policy: &POLICY,
-        now: NOW,
-    };
-    for (endpoint, other) in view.up() {
-        let eligible = is_promotable(other) && Some(endpoint) != published.master.as_ref();
+    for s in servers {
+        let Some(other) = s.info() else { continue };
+        let candidate = is_promotable(other) || (other.role == Role::Master && other.priority > 0);
+        let eligible = candidate && !s.leaving && Some(&s.endpoint) != published.master.as_ref();
         prop_assert!(
-            !eligible || more_caught_up(&(promoted, info), &(endpoint, other)) != Ordering::Less,
+            !eligible || more_caught_up(&(promoted, info), &(&s.endpoint, other)) != Ordering::Less,
             "{} is more caught up than the promoted {}",
-            endpoint,
+            s.endpoint,
             promoted
+        );
+        // A master nobody published wins a tie (rule 5): a replica promoted over it is ahead.
+        prop_assert!(
+            !eligible || other.role != Role::Master || info.offset > other.offset,
+            "promoted {} over {}, a master nobody published that is as caught up",
+            promoted,
+            s.endpoint
         );
     }
     Ok(())
@@ -591,12 +887,10 @@ fn promotion_is_the_most_caught_up_eligible_replica(
 fn repointed_servers_follow_the_master_of_the_plan(
     servers: &[ServerState],
     published: &Published,
+    _policy: &Policy,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
-    let master = plan
-        .publish
-        .as_ref()
-        .map_or(published.master.as_ref(), |(next, _)| next.master.as_ref());
+    let master = master_of_the_plan(published, plan);
     for (server, target) in &plan.replicate {
         prop_assert_eq!(Some(target), master);
         prop_assert_ne!(server, target);
@@ -627,6 +921,7 @@ fn repointed_servers_follow_the_master_of_the_plan(
 fn healthy_published_master_is_kept(
     servers: &[ServerState],
     published: &Published,
+    _policy: &Policy,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
     let Some(master) = &published.master else {
@@ -642,60 +937,176 @@ fn healthy_published_master_is_kept(
     Ok(())
 }
 
+fn leaving_server_is_never_made_master(
+    servers: &[ServerState],
+    published: &Published,
+    _policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    if let Some(promoted) = &plan.promote
+        && published.master.as_ref() != Some(promoted)
+    {
+        prop_assert!(
+            !is_leaving(servers, promoted),
+            "promoted leaving {}",
+            promoted
+        );
+    }
+    // With a master published, a new one is never a leaving server. (With none published, an
+    // existing leaving master is still published: it has the data, and is handed over next.)
+    if let (Some(old), Some((next, _))) = (&published.master, &plan.publish)
+        && let Some(new) = &next.master
+        && new != old
+    {
+        prop_assert!(!is_leaving(servers, new), "published leaving {}", new);
+    }
+    if let Some(target) = &plan.switch_over {
+        prop_assert!(
+            !is_leaving(servers, target),
+            "handed over to leaving {}",
+            target
+        );
+    }
+    Ok(())
+}
+
+fn leaving_master_is_handed_over_to_the_best_replica_in_sync(
+    servers: &[ServerState],
+    published: &Published,
+    _policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let ready = |master: &Endpoint| {
+        servers
+            .iter()
+            .filter(|s| !s.leaving)
+            .filter_map(|s| s.info().map(|info| (&s.endpoint, info)))
+            .filter(|(_, info)| {
+                is_promotable(info) && info.link_up && info.master.as_ref() == Some(master)
+            })
+            .collect::<Vec<_>>()
+    };
+    let healthy_leaving_master = published.master.as_ref().filter(|master| {
+        is_leaving(servers, master)
+            && info_of(servers, master)
+                .is_some_and(|info| info.role == Role::Master && same_run(published, info))
+    });
+    match (&plan.switch_over, healthy_leaving_master) {
+        (Some(target), Some(master)) => {
+            let candidates = ready(master);
+            let chosen = candidates.iter().find(|(e, _)| *e == target);
+            prop_assert!(chosen.is_some(), "{} is not a replica in sync", target);
+            let chosen = chosen.unwrap();
+            for other in &candidates {
+                prop_assert!(more_caught_up(chosen, other) != Ordering::Less);
+            }
+            prop_assert!(plan.publish.is_none() && plan.promote.is_none());
+        }
+        (Some(target), None) => {
+            prop_assert!(
+                false,
+                "handed over to {} though no healthy master is leaving",
+                target
+            );
+        }
+        (None, Some(master)) => {
+            prop_assert!(
+                ready(master).is_empty(),
+                "a leaving master was not handed over"
+            );
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+fn fence_follows_the_replicas_in_sync(
+    servers: &[ServerState],
+    published: &Published,
+    policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Some((server, fence)) = &plan.fence else {
+        return Ok(());
+    };
+    prop_assert!(
+        policy.fencing != Fencing::Unmanaged,
+        "touched an unmanaged fence"
+    );
+    prop_assert_eq!(Some(server), master_of_the_plan(published, plan));
+    let in_sync = has_replica_in_sync(servers, server);
+    match policy.fencing {
+        Fencing::On { max_lag_secs } => {
+            prop_assert_eq!(fence.to_write, u32::from(in_sync));
+            prop_assert_eq!(fence.max_lag_secs, max_lag_secs);
+        }
+        Fencing::Off | Fencing::Unmanaged => prop_assert_eq!(fence.to_write, 0),
+    }
+    Ok(())
+}
+
+fn healthy_master_gets_the_fence_it_should_have(
+    servers: &[ServerState],
+    published: &Published,
+    policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Fencing::On { max_lag_secs } = policy.fencing else {
+        return Ok(());
+    };
+    let Some(master) = &published.master else {
+        return Ok(());
+    };
+    let Some(info) = info_of(servers, master) else {
+        return Ok(());
+    };
+    let healthy = info.role == Role::Master && same_run(published, info);
+    let Some(current) = info.min_replicas.filter(|_| healthy) else {
+        return Ok(());
+    };
+    let wanted = MinReplicas {
+        to_write: u32::from(has_replica_in_sync(servers, master)),
+        max_lag_secs,
+    };
+    let expected = (current != wanted).then(|| (master.clone(), wanted));
+    prop_assert_eq!(&plan.fence, &expected);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
     #[test]
     fn same_world_in_any_order_gives_the_same_plan(
-        (servers, published) in arb_world(),
+        (servers, published, policy) in arb_world(),
         seed in any::<u64>(),
     ) {
-        let plan = decide(&servers, &published, &POLICY, NOW);
-        prop_assert_eq!(&plan, &decide(&servers, &published, &POLICY, NOW));
+        let plan = decide(&servers, &published, &policy, NOW);
+        prop_assert_eq!(&plan, &decide(&servers, &published, &policy, NOW));
         let mut shuffled = servers.clone();
         let len = shuffled.len();
         shuffled.rotate_left((seed as usize) % len);
         if seed % 2 == 0 { shuffled.reverse(); }
-        prop_assert_eq!(plan, decide(&shuffled, &published, &POLICY, NOW));
+        prop_assert_eq!(plan, decide(&shuffled, &published, &policy, NOW));
     }
 
     #[test]
-    fn a_publication_names_one_answering_master_under_the_next_epoch(
-        (servers, published) in arb_world(),
+    fn every_property_holds_on_random_worlds_of_up_to_five_servers(
+        (servers, published, policy) in arb_world(),
     ) {
-        let plan = decide(&servers, &published, &POLICY, NOW);
-        publication_names_one_answering_master(&servers, &published, &plan)?;
-    }
-
-    #[test]
-    fn a_promotion_is_the_most_caught_up_eligible_replica(
-        (servers, published) in arb_world(),
-    ) {
-        let plan = decide(&servers, &published, &POLICY, NOW);
-        promotion_is_the_most_caught_up_eligible_replica(&servers, &published, &plan)?;
-    }
-
-    #[test]
-    fn every_repointed_server_follows_the_master_of_the_plan(
-        (servers, published) in arb_world(),
-    ) {
-        let plan = decide(&servers, &published, &POLICY, NOW);
-        repointed_servers_follow_the_master_of_the_plan(&servers, &published, &plan)?;
-    }
-
-    #[test]
-    fn a_healthy_published_master_is_never_replaced(
-        (servers, published) in arb_world(),
-    ) {
-        let plan = decide(&servers, &published, &POLICY, NOW);
-        healthy_published_master_is_kept(&servers, &published, &plan)?;
+        let plan = decide(&servers, &published, &policy, NOW);
+        for (name, property) in PROPERTIES {
+            property(&servers, &published, &policy, &plan)
+                .map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
     }
 }
 
 /// Every probe a server of `ports` can show in the exhaustive domain: refused, failing, down,
 /// two masters (with and without data), and replicas of every other member or of none, with
-/// the link up, down after a sync, or never synced, priority 0 or 100, offset 0 or 1.
-fn every_probe(me: u16, ports: &[u16]) -> Vec<Probe> {
+/// the link up, down after a sync, or never synced, priority 0 or 100, offset 0 or 1; each
+/// answering one with every fence in `fences`.
+fn every_probe(me: u16, ports: &[u16], fences: &[Option<MinReplicas>]) -> Vec<Probe> {
     let mut probes = vec![
         Probe::Failed {
             kind: FailureKind::Refused,
@@ -719,24 +1130,34 @@ fn every_probe(me: u16, ports: &[u16]) -> Vec<Probe> {
         offset: keys,
         priority: 100,
         keys,
+        min_replicas: None,
     };
-    probes.extend((0..2).map(|keys| Probe::Up(base(Role::Master, keys))));
+    let mut up = Vec::new();
+    up.extend((0..2).map(|keys| base(Role::Master, keys)));
     let masters =
         std::iter::once(None).chain(ports.iter().filter(|p| **p != me).map(|p| Some(ep(*p))));
     for master in masters {
         for (link_up, synced) in [(true, true), (false, true), (false, false)] {
             for priority in [0, 100] {
                 for offset in [0, 1] {
-                    probes.push(Probe::Up(RedisInfo {
+                    up.push(RedisInfo {
                         master: master.clone(),
                         link_up: link_up && master.is_some(),
                         synced,
                         priority,
                         offset,
                         ..base(Role::Replica, offset)
-                    }));
+                    });
                 }
             }
+        }
+    }
+    for info in up {
+        for fence in fences {
+            probes.push(Probe::Up(RedisInfo {
+                min_replicas: *fence,
+                ..info.clone()
+            }));
         }
     }
     probes
@@ -763,51 +1184,108 @@ fn every_publication(ports: &[u16]) -> Vec<Published> {
     all
 }
 
-#[test]
-fn every_property_holds_on_every_world_of_two_and_three_servers() {
+/// Checks every property on every world over `ports`: every combination of the servers'
+/// probes (with `fences`), each leaving set in `leaving`, each publication and each policy.
+/// Returns how many worlds were checked.
+fn check_every_world(
+    ports: &[u16],
+    fences: &[Option<MinReplicas>],
+    leaving: &[Vec<bool>],
+    policies: &[Policy],
+) -> usize {
     let mut worlds = 0usize;
-    for ports in [&[1u16, 2][..], &[1, 2, 3][..]] {
-        let per_server: Vec<Vec<Probe>> = ports.iter().map(|p| every_probe(*p, ports)).collect();
-        let publications = every_publication(ports);
-        let mut choice = vec![0usize; ports.len()];
-        loop {
+    let per_server: Vec<Vec<Probe>> = ports
+        .iter()
+        .map(|p| every_probe(*p, ports, fences))
+        .collect();
+    let publications = every_publication(ports);
+    let mut choice = vec![0usize; ports.len()];
+    loop {
+        for leaving in leaving {
             let servers: Vec<ServerState> = ports
                 .iter()
                 .zip(&choice)
                 .zip(&per_server)
-                .map(|((port, i), probes)| ServerState {
+                .zip(leaving)
+                .map(|(((port, i), probes), leaving)| ServerState {
                     endpoint: ep(*port),
                     probe: probes[*i].clone(),
+                    leaving: *leaving,
                 })
                 .collect();
             for published in &publications {
-                let plan = decide(&servers, published, &POLICY, NOW);
-                for (name, property) in PROPERTIES {
-                    if let Err(failure) = property(&servers, published, &plan) {
-                        panic!(
-                            "{name}: {failure}\nworld: {servers:#?}\npublished: {published:?}\nplan: {plan:#?}"
-                        );
+                for policy in policies {
+                    let plan = decide(&servers, published, policy, NOW);
+                    for (name, property) in PROPERTIES {
+                        if let Err(failure) = property(&servers, published, policy, &plan) {
+                            panic!(
+                                "{name}: {failure}\nworld: {servers:#?}\npublished: \
+                                 {published:?}\npolicy: {policy:?}\nplan: {plan:#?}"
+                            );
+                        }
                     }
+                    worlds += 1;
                 }
-                worlds += 1;
             }
-            // Next combination, odometer style.
-            let mut digit = 0;
-            loop {
-                if digit == choice.len() {
-                    break;
-                }
-                choice[digit] += 1;
-                if choice[digit] < per_server[digit].len() {
-                    break;
-                }
-                choice[digit] = 0;
-                digit += 1;
-            }
+        }
+        // Next combination, odometer style.
+        let mut digit = 0;
+        loop {
             if digit == choice.len() {
                 break;
             }
+            choice[digit] += 1;
+            if choice[digit] < per_server[digit].len() {
+                break;
+            }
+            choice[digit] = 0;
+            digit += 1;
+        }
+        if digit == choice.len() {
+            return worlds;
         }
     }
+}
+
+/// No server leaving, and each one alone.
+fn at_most_one_leaving(servers: usize) -> Vec<Vec<bool>> {
+    std::iter::once(vec![false; servers])
+        .chain((0..servers).map(|i| (0..servers).map(|j| i == j).collect()))
+        .collect()
+}
+
+#[test]
+fn every_property_holds_on_every_world_of_two_and_three_servers() {
+    let mut worlds = 0;
+    for ports in [&[1u16, 2][..], &[1, 2, 3][..]] {
+        worlds += check_every_world(ports, &[None], &at_most_one_leaving(ports.len()), &[POLICY]);
+    }
+    assert!(worlds > 1_000_000, "the domain shrank to {worlds} worlds");
+}
+
+#[test]
+fn every_fencing_property_holds_on_every_world_of_two_servers() {
+    let fences = [
+        None,
+        Some(MinReplicas {
+            to_write: 0,
+            max_lag_secs: 5,
+        }),
+        Some(MinReplicas {
+            to_write: 1,
+            max_lag_secs: 5,
+        }),
+        Some(MinReplicas {
+            to_write: 1,
+            max_lag_secs: 10,
+        }),
+    ];
+    let every_leaving = [
+        vec![false, false],
+        vec![true, false],
+        vec![false, true],
+        vec![true, true],
+    ];
+    let worlds = check_every_world(&[1, 2], &fences, &every_leaving, &POLICIES);
     assert!(worlds > 100_000, "the domain shrank to {worlds} worlds");
 }
