@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::Endpoint;
+use crate::proxy::ProxyConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,14 @@ pub enum Mode {
     /// Failover engine and proxy in one process for a list of Redis servers, no Kubernetes:
     /// clients connect to --listen and always reach the current master.
     Local(LocalArgs),
+    /// The Kubernetes controller: keeps the Redis pods of every RedisPair highly available
+    /// and publishes each pair's master on the RedisPair. Run two; one holds the lease.
+    Controller(ControllerArgs),
+    /// The sidecar proxy for an application pod: follows one RedisPair's published master and
+    /// forwards every client on --listen to it.
+    Proxy(ProxyArgs),
+    /// Prints the RedisPair CustomResourceDefinition as YAML (what crds/redispair.yaml holds).
+    Crd,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -50,12 +59,6 @@ pub struct LocalArgs {
     /// Address the proxy accepts client connections on.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-
-    /// Also accept clients on this Unix socket (created 0666, replacing one left by a stopped
-    /// process, removed on exit). Clients on the same host or pod get the same service for
-    /// less CPU than over loopback TCP (docs/DECISIONS.md).
-    #[arg(long, value_name = "PATH")]
-    pub listen_unix: Option<PathBuf>,
 
     /// A Redis server of the group, HOST:PORT; give it once per server (at least two).
     #[arg(long = "server", value_name = "HOST:PORT", required = true)]
@@ -78,6 +81,39 @@ pub struct LocalArgs {
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = duration)]
     pub down_after: Duration,
 
+    /// A planned switchover is aborted if the target has not caught up within this.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
+    pub switchover_timeout: Duration,
+
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+
+    #[command(flatten)]
+    pub proxy: ProxyFlags,
+}
+
+/// The credentials of redis-pair's own Redis connections.
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    /// ACL user for redis-pair's own Redis connections.
+    #[arg(long, value_name = "USER", env = "REDISPAIR_USERNAME")]
+    pub username: Option<String>,
+
+    /// File holding the password for redis-pair's own Redis connections (or set
+    /// REDISPAIR_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// How the proxy serves clients; the same in local mode and in the sidecar.
+#[derive(Debug, Args)]
+pub struct ProxyFlags {
+    /// Also accept clients on this Unix socket (created 0666, replacing one left by a stopped
+    /// process, removed on exit). Clients on the same host or pod get the same service for
+    /// less CPU than over loopback TCP (docs/DECISIONS.md).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
+
     /// A request (or a pinned client's connection) that finds no master published waits this
     /// long, then the client is closed.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
@@ -86,18 +122,6 @@ pub struct LocalArgs {
     /// On SIGTERM/SIGINT, open client connections get this long to finish.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,
-
-    /// A planned switchover is aborted if the target has not caught up within this.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = duration)]
-    pub switchover_timeout: Duration,
-
-    /// ACL user for the engine's connections.
-    #[arg(long, value_name = "USER", env = "REDISPAIR_USERNAME")]
-    pub username: Option<String>,
-
-    /// File holding the password for the engine's connections (or set REDISPAIR_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
 
     /// Give every client a server connection of its own and copy its bytes as they are,
     /// instead of sharing server connections for plain data commands (docs/DECISIONS.md).
@@ -121,4 +145,80 @@ pub struct LocalArgs {
     /// core.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
+}
+
+impl ProxyFlags {
+    /// The proxy's configuration; `connect_timeout` bounds a connection to the master.
+    pub fn config(&self, connect_timeout: Duration) -> ProxyConfig {
+        ProxyConfig {
+            wait_for_master: self.wait_for_master,
+            connect_timeout,
+            drain_timeout: self.drain_timeout,
+            multiplex: !self.no_multiplex,
+            shared_connections: usize::from(self.shared_connections),
+            max_client_backlog: usize::try_from(u64::from(self.max_client_backlog_mib) << 20)
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Watch RedisPairs in this namespace; repeat for several. Default: every namespace.
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// Address of the admin HTTP endpoint (/healthz, /readyz, /metrics, /status).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// Name of the coordination.k8s.io Lease the controllers elect a leader with.
+    #[arg(long, value_name = "NAME", default_value = "redis-pair-controller")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease. Default: the controller pod's namespace (POD_NAMESPACE or the
+    /// service account's), else the kubeconfig context's.
+    #[arg(long, value_name = "NS")]
+    pub lease_namespace: Option<String>,
+
+    /// This controller's name in the Lease. Default: POD_NAME, else the host name.
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease holds without renewal: the longest a dead leader delays a failover
+    /// (a leader that shuts down cleanly hands the Lease over at once). It renews every sixth
+    /// of this and stops acting after two thirds of it without a renewal.
+    #[arg(long, value_name = "DUR", default_value = "6s", value_parser = duration)]
+    pub lease_duration: Duration,
+
+    /// Worker threads (0 = one per core).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The RedisPair whose master this sidecar forwards to.
+    #[arg(long, value_name = "NAME")]
+    pub pair: String,
+
+    /// The RedisPair's namespace. Default: POD_NAMESPACE, else the service account's.
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address the proxy accepts client connections on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6379")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9401")]
+    pub admin_listen: SocketAddr,
+
+    /// Credentials for the sidecar's ROLE checks of the published master (clients
+    /// authenticate themselves; the sidecar never authenticates for them).
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+
+    #[command(flatten)]
+    pub proxy: ProxyFlags,
 }

@@ -6,7 +6,10 @@
 
 pub mod admin;
 pub mod cli;
+pub mod controller;
+pub mod crd;
 pub mod engine;
 pub mod local;
 pub mod metrics;
 pub mod proxy;
+pub mod sidecar;

@@ -19,7 +19,7 @@ use crate::engine::redis_io::{Connector, Credentials};
 use crate::engine::runner::{Engine, EngineConfig, Member};
 use crate::engine::{Endpoint, Fencing, InProcess, Policy, Published};
 use crate::metrics::Metrics;
-use crate::proxy::{self, ProxyConfig};
+use crate::proxy;
 
 /// The environment variable holding the engine's password when no file is given.
 pub const PASSWORD_ENV: &str = "REDISPAIR_PASSWORD";
@@ -77,12 +77,12 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         return Err(LocalError::ListenIsAServer(args.listen));
     }
     let credentials = Credentials {
-        username: args.username.clone(),
-        password: read_password(args.password_file.as_ref())?,
+        username: args.credentials.username.clone(),
+        password: read_password(args.credentials.password_file.as_ref())?,
     };
     let proxy_listeners = proxy::Listeners {
         tcp: bind("--listen", args.listen).await?,
-        unix: match &args.listen_unix {
+        unix: match &args.proxy.listen_unix {
             Some(path) => Some(proxy::UnixSocketListener::bind(path)?),
             None => None,
         },
@@ -125,15 +125,9 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         admin_state,
         stop_admin.clone(),
     ));
-    let proxy_config = ProxyConfig {
-        wait_for_master: args.wait_for_master,
-        connect_timeout: args.probe_timeout.max(Duration::from_millis(500)),
-        drain_timeout: args.drain_timeout,
-        multiplex: !args.no_multiplex,
-        shared_connections: usize::from(args.shared_connections),
-        max_client_backlog: usize::try_from(u64::from(args.max_client_backlog_mib) << 20)
-            .unwrap_or(usize::MAX),
-    };
+    let proxy_config = args
+        .proxy
+        .config(args.probe_timeout.max(Duration::from_millis(500)));
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listeners,
         handle.published.clone(),
@@ -143,7 +137,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     ));
     info!(
         listen = %args.listen,
-        listen_unix = args.listen_unix.as_ref().map(|p| p.display().to_string()),
+        listen_unix = args.proxy.listen_unix.as_ref().map(|p| p.display().to_string()),
         admin = %args.admin_listen,
         servers = %args.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "redis-pair local started"

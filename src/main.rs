@@ -16,21 +16,62 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
-    init_logging(cli.log_format);
-    let Mode::Local(args) = cli.command;
-    let runtime = match runtime(args.threads) {
+    match cli.command {
+        // Only the YAML on stdout: no logging.
+        Mode::Crd => print_crd(),
+        Mode::Local(args) => {
+            init_logging(cli.log_format);
+            let threads = args.proxy.threads;
+            run(threads, redis_pair::local::run(args), |e| e.exit_code())
+        }
+        Mode::Controller(args) => {
+            init_logging(cli.log_format);
+            let threads = args.threads;
+            run(threads, redis_pair::controller::run(args), |e| {
+                e.exit_code()
+            })
+        }
+        Mode::Proxy(args) => {
+            init_logging(cli.log_format);
+            let threads = args.proxy.threads;
+            run(threads, redis_pair::sidecar::run(args), |e| e.exit_code())
+        }
+    }
+}
+
+/// Runs a mode to its end and turns the outcome into an exit code; a fatal error is logged
+/// and printed as one `error: ...` line on stderr.
+fn run<E: std::fmt::Display>(
+    threads: usize,
+    mode: impl Future<Output = Result<(), E>>,
+    exit_code: impl Fn(&E) -> u8,
+) -> ExitCode {
+    let runtime = match runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(redis_pair::local::run(args)) {
+    match runtime.block_on(mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("error: {error}");
-            ExitCode::from(error.exit_code())
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn print_crd() -> ExitCode {
+    match redis_pair::crd::crd_yaml() {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: cannot render the CRD: {error}");
+            ExitCode::FAILURE
         }
     }
 }
