@@ -1,5 +1,7 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/status` and `POST /switchover`,
-//! served with hyper over HTTP/1.1.
+//! The admin endpoint of every mode, served with hyper over HTTP/1.1: `/healthz`, `/readyz`
+//! and `/metrics` always; `/status` where the mode has one; `POST /switchover` in local mode.
+//! What "ready" means is the mode's: a published master (local), every watch synced
+//! (controller), a verified master and a bound listener (sidecar).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,13 +18,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use prometheus_client::registry::Registry;
+
 use crate::engine::Endpoint;
 use crate::engine::runner::EngineHandle;
-use crate::metrics::Metrics;
+
+/// `Ok` when ready, else why not (the 503 body).
+pub type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// The JSON `/status` serves.
+pub type StatusView = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub struct AdminState {
-    pub engine: EngineHandle,
-    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub ready: Readiness,
+    pub status: Option<StatusView>,
+    /// Local mode's engine, for `POST /switchover`.
+    pub engine: Option<EngineHandle>,
     /// Cancelled when the process starts shutting down: `/readyz` turns false at once.
     pub draining: CancellationToken,
 }
@@ -61,19 +72,21 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            let ready =
-                !state.draining.is_cancelled() && state.engine.published.borrow().master.is_some();
-            if ready {
-                text(StatusCode::OK, "ready\n")
+            let ready = if state.draining.is_cancelled() {
+                Err("shutting down".to_owned())
             } else {
-                text(
+                (state.ready)()
+            };
+            match ready {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: no master published\n",
-                )
+                    format!("not ready: {why}\n"),
+                ),
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut response = text(StatusCode::OK, state.metrics.encode());
+            let mut response = text(StatusCode::OK, crate::metrics::encode(&state.registry));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static(
@@ -82,19 +95,36 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Full<
             );
             response
         }
-        (&Method::GET, "/status") => {
-            let status = state.engine.status.borrow().clone();
-            json(StatusCode::OK, &status)
+        (&Method::GET, "/status") if state.status.is_some() => match &state.status {
+            Some(status) => json(StatusCode::OK, &status()),
+            None => not_found(state),
+        },
+        (&Method::POST, "/switchover") if state.engine.is_some() => {
+            switchover(state, request).await
         }
-        (&Method::POST, "/switchover") => switchover(state, request).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/switchover") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /metrics, /status or POST /switchover\n",
-        ),
+        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed(),
+        (_, "/status") if state.status.is_some() => method_not_allowed(),
+        (_, "/switchover") if state.engine.is_some() => method_not_allowed(),
+        _ => not_found(state),
     }
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+}
+
+fn not_found(state: &AdminState) -> Response<Full<Bytes>> {
+    let mut paths = vec!["/healthz", "/readyz", "/metrics"];
+    if state.status.is_some() {
+        paths.push("/status");
+    }
+    if state.engine.is_some() {
+        paths.push("POST /switchover");
+    }
+    text(
+        StatusCode::NOT_FOUND,
+        format!("not found; try {}\n", paths.join(", ")),
+    )
 }
 
 async fn switchover(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -115,7 +145,10 @@ async fn switchover(state: &AdminState, request: Request<Incoming>) -> Response<
         Ok(target) => target,
         Err(error) => return error_json(StatusCode::BAD_REQUEST, &error.to_string()),
     };
-    match state.engine.switchover(target).await {
+    let Some(engine) = &state.engine else {
+        return not_found(state);
+    };
+    match engine.switchover(target).await {
         Ok(published) => json(
             StatusCode::OK,
             &serde_json::json!({ "master": published.master, "epoch": published.epoch }),

@@ -18,7 +18,7 @@ use crate::cli::LocalArgs;
 use crate::engine::redis_io::{Connector, Credentials};
 use crate::engine::runner::{Engine, EngineConfig, Member};
 use crate::engine::{Endpoint, Fencing, InProcess, Policy, Published};
-use crate::metrics::Metrics;
+use crate::metrics::{self, EngineMetrics, ProxyMetrics};
 use crate::proxy;
 
 /// The environment variable holding the engine's password when no file is given.
@@ -89,7 +89,9 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     };
     let admin_listener = bind("--admin-listen", args.admin_listen).await?;
 
-    let metrics = Arc::new(Metrics::new());
+    let mut registry = metrics::registry();
+    let engine_metrics = EngineMetrics::register(&mut registry, true);
+    let proxy_metrics = ProxyMetrics::register(&mut registry);
     let config = EngineConfig {
         members,
         policy: Policy {
@@ -103,7 +105,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         paused: false,
     };
     let connector = Connector::new(credentials, args.probe_timeout);
-    let (mut engine, handle) = Engine::new(config, connector, metrics.engine.clone(), InProcess);
+    let (mut engine, handle) = Engine::new(config, connector, engine_metrics, InProcess);
     if let Some((endpoint, error)) = engine.first_probe().await.into_iter().next() {
         return Err(LocalError::AuthRejected {
             endpoint,
@@ -116,8 +118,21 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let stop_accepting = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(stop_engine.clone()));
     let admin_state = Arc::new(AdminState {
-        engine: handle.clone(),
-        metrics: metrics.clone(),
+        registry,
+        ready: {
+            let published = handle.published.clone();
+            Box::new(move || match published.borrow().master {
+                Some(_) => Ok(()),
+                None => Err("no master published".into()),
+            })
+        },
+        status: {
+            let status = handle.status.clone();
+            Some(Box::new(move || {
+                serde_json::to_value(&*status.borrow()).unwrap_or_default()
+            }))
+        },
+        engine: Some(handle.clone()),
         draining: stop_accepting.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(
@@ -131,7 +146,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listeners,
         handle.published.clone(),
-        metrics.proxy.clone(),
+        proxy_metrics,
         proxy_config,
         stop_accepting.clone(),
     ));

@@ -43,18 +43,81 @@ pub struct CommandLabels {
     pub outcome: Outcome,
 }
 
-/// The engine's view: topology, failovers, and every topology-changing command sent.
+/// The engine's view: failovers and every topology-changing command sent, and (for a single
+/// group, as in local mode) the topology per server.
 #[derive(Clone, Default)]
 pub struct EngineMetrics {
+    pub failovers: Family<ReasonLabel, Counter>,
+    pub commands: Family<CommandLabels, Counter>,
+    /// Per-server gauges: only where one engine runs, so the server label is bounded by the
+    /// configured servers. The controller runs an engine per pair and leaves these out.
+    pub group: Option<GroupMetrics>,
+}
+
+#[derive(Clone, Default)]
+pub struct GroupMetrics {
     pub epoch: Gauge,
     /// 1 on the published master, 0 on every other server.
     pub master: Family<ServerLabel, Gauge>,
-    pub failovers: Family<ReasonLabel, Counter>,
     pub server_up: Family<ServerLabel, Gauge>,
     pub server_is_master: Family<ServerLabel, Gauge>,
     pub server_offset: Family<ServerLabel, Gauge>,
     pub server_lag_bytes: Family<ServerLabel, Gauge>,
-    pub commands: Family<CommandLabels, Counter>,
+}
+
+impl EngineMetrics {
+    /// Registers the engine's metrics; `per_server` adds the per-server gauges.
+    pub fn register(registry: &mut Registry, per_server: bool) -> Self {
+        let engine = EngineMetrics {
+            group: per_server.then(GroupMetrics::default),
+            ..EngineMetrics::default()
+        };
+        registry.register(
+            "failovers",
+            "Changes of the published master, by reason",
+            engine.failovers.clone(),
+        );
+        registry.register(
+            "redis_commands",
+            "Topology-changing Redis commands sent, by outcome",
+            engine.commands.clone(),
+        );
+        if let Some(group) = &engine.group {
+            registry.register(
+                "epoch",
+                "Fencing epoch of the published master",
+                group.epoch.clone(),
+            );
+            registry.register("master", "1 for the published master", group.master.clone());
+            registry.register(
+                "server_up",
+                "1 when the last probe of the server succeeded",
+                group.server_up.clone(),
+            );
+            registry.register(
+                "server_is_master",
+                "1 when the server reports role master",
+                group.server_is_master.clone(),
+            );
+            registry.register(
+                "server_repl_offset",
+                "Replication offset the server reports",
+                group.server_offset.clone(),
+            );
+            registry.register(
+                "server_lag_bytes",
+                "Published master's offset minus the replica's",
+                group.server_lag_bytes.clone(),
+            );
+        }
+        for reason in Reason::ALL {
+            // Present from the start, so a rate() over a first failover is not lost.
+            drop(engine.failovers.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        engine
+    }
 }
 
 /// The proxy's data path. Counters are single atomics: no lock on the hot path.
@@ -79,57 +142,9 @@ pub struct ProxyMetrics {
     pub closed_slow_clients: Counter,
 }
 
-pub struct Metrics {
-    pub registry: Registry,
-    pub engine: EngineMetrics,
-    pub proxy: ProxyMetrics,
-}
-
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("redispair");
-        let engine = EngineMetrics::default();
+impl ProxyMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
         let proxy = ProxyMetrics::default();
-        registry.register(
-            "epoch",
-            "Fencing epoch of the published master",
-            engine.epoch.clone(),
-        );
-        registry.register(
-            "master",
-            "1 for the published master",
-            engine.master.clone(),
-        );
-        registry.register(
-            "failovers",
-            "Changes of the published master, by reason",
-            engine.failovers.clone(),
-        );
-        registry.register(
-            "server_up",
-            "1 when the last probe of the server succeeded",
-            engine.server_up.clone(),
-        );
-        registry.register(
-            "server_is_master",
-            "1 when the server reports role master",
-            engine.server_is_master.clone(),
-        );
-        registry.register(
-            "server_repl_offset",
-            "Replication offset the server reports",
-            engine.server_offset.clone(),
-        );
-        registry.register(
-            "server_lag_bytes",
-            "Published master's offset minus the replica's",
-            engine.server_lag_bytes.clone(),
-        );
-        registry.register(
-            "redis_commands",
-            "Topology-changing Redis commands sent, by outcome",
-            engine.commands.clone(),
-        );
         registry.register(
             "proxy_connections_open",
             "Client connections open now",
@@ -185,30 +200,19 @@ impl Metrics {
             "Clients closed because more than --max-client-backlog-mib of replies waited for them",
             proxy.closed_slow_clients.clone(),
         );
-        for reason in Reason::ALL {
-            // Present from the start, so a rate() over a first failover is not lost.
-            drop(engine.failovers.get_or_create(&ReasonLabel {
-                reason: reason.as_str(),
-            }));
-        }
-        Self {
-            registry,
-            engine,
-            proxy,
-        }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        proxy
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// Every metric prefixed `redispair_`.
+pub fn registry() -> Registry {
+    Registry::with_prefix("redispair")
 }

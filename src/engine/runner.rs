@@ -748,7 +748,9 @@ impl<P: Publisher> Engine<P> {
     }
 
     fn update_metrics(&self, published: &Published, servers: &[ServerStatus]) {
-        let m = &self.metrics;
+        let Some(m) = &self.metrics.group else {
+            return;
+        };
         m.epoch
             .set(i64::try_from(published.epoch).unwrap_or(i64::MAX));
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
