@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod engine;
