@@ -132,6 +132,17 @@ pub enum SwitchoverError {
 }
 
 impl SwitchoverError {
+    /// Whether the switchover got as far as pausing writes (the engine records how it ended);
+    /// otherwise it was refused before anything was touched.
+    pub fn started(&self) -> bool {
+        matches!(
+            self,
+            SwitchoverError::CatchUpTimeout { .. }
+                | SwitchoverError::Redis(_)
+                | SwitchoverError::Publish(_)
+        )
+    }
+
     /// The HTTP status the admin endpoint answers with.
     pub fn http_status(&self) -> u16 {
         match self {
