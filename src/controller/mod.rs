@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
 use kube::core::{PartialObjectMeta, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -160,9 +160,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         ));
     }
 
-    let recorder = Recorder::new(client.clone(), "redis-pair-controller".into());
+    let reporter = Reporter {
+        controller: "redis-pair-controller".into(),
+        instance: Some(identity.clone()),
+    };
     let events_task = tokio::spawn(publisher::record_events(
-        recorder,
+        client.clone(),
+        reporter,
         queued_events,
         leadership.clone(),
         controller_metrics.clone(),
@@ -264,31 +268,30 @@ async fn run_scope(
     // and keeps no passwords of unrelated Secrets in memory.
     let secret_api: Api<PartialObjectMeta<Secret>> = api(&client, namespace.as_deref());
 
+    let pairs_synced = Synced::new(&synced);
     let (pair_store, pair_writer) = reflector::store();
-    let pair_events =
-        reflector::reflector(pair_writer, watcher(pair_api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
+    let pair_events = reflector::reflector(
+        pair_writer,
+        watcher(pair_api, watcher::Config::default()).inspect_ok(pairs_synced.marker()),
+    )
+    .default_backoff()
+    .applied_objects();
 
     let (pod_store, pod_writer) = reflector::store();
     let pod_events = reflector::reflector(
         pod_writer,
-        watcher(pod_api, watcher::Config::default()).modify(keep_what_matters),
+        watcher(pod_api, watcher::Config::default())
+            .inspect_ok(Synced::new(&synced).marker())
+            .modify(keep_what_matters),
     )
     .default_backoff()
     .touched_objects();
 
-    let (secret_store, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    let secret_events = reflector::reflector(
-        secret_writer,
-        watcher(secret_api, watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    count_when_synced(pair_store.clone(), &synced);
-    count_when_synced(pod_store.clone(), &synced);
-    count_when_synced(secret_store, &synced);
+    // No cache of Secrets is read: a change only says which pairs to look at again.
+    let secret_events = watcher(secret_api, watcher::Config::default())
+        .inspect_ok(Synced::new(&synced).marker())
+        .default_backoff()
+        .touched_objects();
 
     // Deleted RedisPairs have no reconcile: their engines are stopped here.
     tokio::spawn({
@@ -303,8 +306,9 @@ async fn run_scope(
                     () = shutdown.cancelled() => return,
                     _ = every.tick() => {}
                 }
-                if pair_store.wait_until_ready().await.is_err() {
-                    return;
+                // Before its first full list the cache is empty, not a list of deletions.
+                if !pairs_synced.done() {
+                    continue;
                 }
                 pairs
                     .retain(|key| {
@@ -339,7 +343,14 @@ async fn run_scope(
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
-        .for_each(|_| std::future::ready(()))
+        .for_each(|result| {
+            match result {
+                // A failed reconcile was logged by error_policy.
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(error = %error, "watching failed; retrying with backoff"),
+            }
+            std::future::ready(())
+        })
         .await;
 }
 
@@ -354,18 +365,40 @@ where
     }
 }
 
-/// Adds one to `synced` once the cache has its first full list.
-fn count_when_synced<K>(store: Store<K>, synced: &Arc<AtomicUsize>)
-where
-    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let synced = synced.clone();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            synced.fetch_add(1, Ordering::Relaxed);
+/// Whether a cache has had its first full list, counted once into the process's total.
+///
+/// Taken from the watch events (the first `InitDone`), not from `Store::wait_until_ready`:
+/// in kube-runtime 5 that future is a one-waker oneshot, so of several tasks waiting on one
+/// store (the Controller's runner among them) only the last to poll is ever woken.
+#[derive(Clone)]
+struct Synced {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Synced {
+    fn new(total: &Arc<AtomicUsize>) -> Self {
+        Self {
+            done: Arc::default(),
+            total: total.clone(),
         }
-    });
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// For `inspect_ok` on a watcher stream.
+    fn marker<K>(&self) -> impl FnMut(&watcher::Event<K>) + use<K> {
+        let synced = self.clone();
+        move |event| {
+            if matches!(event, watcher::Event::InitDone)
+                && !synced.done.swap(true, Ordering::Relaxed)
+            {
+                synced.total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Only what the controller reads of a pod stays in its cache: labels, deletion, IP, phase.

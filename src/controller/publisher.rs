@@ -310,8 +310,14 @@ impl EventSink {
 }
 
 /// Records queued Events while this controller is the leader.
+///
+/// A Recorder per Event: kube-runtime's Recorder folds an Event into an earlier one of the
+/// same reason and object (an EventSeries) without comparing the notes, so a second
+/// "Demoted" within minutes would only bump the count of the first and keep its message,
+/// naming the wrong pods. A failover's Events are few; each keeps its own message.
 pub async fn record_events(
-    recorder: kube::runtime::events::Recorder,
+    client: kube::Client,
+    reporter: kube::runtime::events::Reporter,
     mut events: mpsc::Receiver<(ObjectReference, Event)>,
     leadership: Leadership,
     metrics: ControllerMetrics,
@@ -320,6 +326,7 @@ pub async fn record_events(
         if !leadership.is_leader() {
             continue;
         }
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter.clone());
         let result = timed_write(
             ApiWrite::Event,
             &metrics,
