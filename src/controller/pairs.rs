@@ -148,6 +148,11 @@ impl Pairs {
         let members = desired.members.iter().map(|m| m.member.clone()).collect();
         if let Some(runtime) = slot.as_ref() {
             if runtime.settings == desired.settings {
+                // What the annotations say now: the engine's own publication coming back, a
+                // lagging cache, or someone else's write to follow or correct.
+                if let Some(seen) = desired.published.clone() {
+                    runtime.handle.seen(seen);
+                }
                 runtime.view.send_if_modified(|view| {
                     let before = view.clone();
                     view.pods = index;

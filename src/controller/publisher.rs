@@ -194,6 +194,22 @@ impl Publisher for KubePublisher {
         let (type_, reason, action, note) = match event {
             EngineEvent::Published {
                 from,
+                to,
+                epoch,
+                reason: Reason::Corrected,
+            } => (
+                EventType::Warning,
+                "PublicationCorrected",
+                "Publish",
+                format!(
+                    "the annotations named {}, which is not the master, under epoch {};                      redis-pair owns them and published {} under epoch {epoch}",
+                    from.map_or_else(|| "no master".into(), |f| self.describe(&f)),
+                    epoch.saturating_sub(1),
+                    to.map_or_else(|| "no master".into(), |t| self.describe(&t)),
+                ),
+            ),
+            EngineEvent::Published {
+                from,
                 to: Some(to),
                 epoch,
                 reason,
