@@ -761,10 +761,94 @@ fn demo_app_reaches_redis_through_a_native_sidecar() {
         .find(|o| kind(o) == "RedisPair")
         .expect("the example RedisPair");
     let pair: RedisPair = typed(pair_object);
-    let pair_name = pair.metadata.name.clone().expect("a name");
+    let auth = pair
+        .spec
+        .auth_secret_ref
+        .clone()
+        .expect("the example has a password");
+    let _: Secret = one(&objects, &auth.name);
 
     let deployment: Deployment = one(&objects, "redis-pair-example-demo");
     let pod = pod_spec(&deployment);
+    let args = check_native_sidecar(pod, &pair.metadata.name.clone().expect("a name"), &auth);
+
+    // The app writes to the sidecar's listener, and holds no API token.
+    let app = &pod.containers[0];
+    let script = app.command.as_ref().expect("a command").join(" ");
+    let target = format!("-h {} -p {}", args.listen.ip(), args.listen.port());
+    assert!(
+        script.contains(&target),
+        "the app does not write to {target}: {script}"
+    );
+    let token_volume = mounted_volume(
+        &pod.init_containers.as_deref().unwrap_or_default()[0],
+        Path::new(TOKEN),
+    );
+    assert!(
+        !app.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == token_volume),
+        "the app container must not get the API token"
+    );
+}
+
+/// The snippet NOTES.txt prints after `helm install` (and the README copies) is the same
+/// working sidecar: its pod-spec fragment parses, and passes the demo's checks.
+#[test]
+fn the_sidecar_snippet_in_the_install_notes_is_a_working_native_sidecar() {
+    let output = Command::new(helm())
+        .current_dir(repo())
+        .args([
+            "install",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ])
+        .output()
+        .expect("run helm install --dry-run=client");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let notes = &text[text.find("\nNOTES:\n").expect("NOTES")..];
+    let indent = "     ";
+    let fragment: Vec<&str> = notes
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{indent}automountServiceAccountToken:")))
+        .take_while(|l| l.starts_with(indent))
+        .map(|l| &l[indent.len()..])
+        .collect();
+    assert!(
+        fragment.len() > 20,
+        "no sidecar snippet in the NOTES:\n{notes}"
+    );
+    let yaml = format!("containers: []\n{}", fragment.join("\n"));
+    let value: Value = serde_saphyr::from_str(&yaml).expect("the snippet is YAML");
+    let pod: PodSpec = typed(&value);
+    let auth = redis_pair::crd::SecretKeyRef {
+        name: "cache-redis".into(),
+        key: "password".into(),
+    };
+    check_native_sidecar(&pod, "cache", &auth);
+}
+
+/// The API token file kube's in-cluster configuration reads.
+const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Checks a pod's redis-pair sidecar: a native sidecar (an init container with restartPolicy
+/// Always) whose flags parse, following `pair` in the pod's namespace, probed on the admin
+/// port it binds, with the password file from the pair's Secret key and the API token mounted
+/// in it alone. Returns its flags.
+fn check_native_sidecar(
+    pod: &PodSpec,
+    pair: &str,
+    auth: &redis_pair::crd::SecretKeyRef,
+) -> ProxyArgs {
     assert_eq!(
         pod.automount_service_account_token,
         Some(false),
@@ -779,7 +863,11 @@ fn demo_app_reaches_redis_through_a_native_sidecar() {
         "a native sidecar: an init container with restartPolicy Always"
     );
     let args = proxy_args(sidecar);
-    assert_eq!(args.pair, pair_name);
+    assert_eq!(args.pair, pair);
+    assert_eq!(
+        args.namespace, None,
+        "the namespace comes from POD_NAMESPACE"
+    );
     assert_eq!(
         env_field_ref(sidecar, "POD_NAMESPACE"),
         "metadata.namespace"
@@ -787,34 +875,22 @@ fn demo_app_reaches_redis_through_a_native_sidecar() {
     assert_eq!(args.listen, "127.0.0.1:6379".parse().expect("an address"));
     check_admin_probes(sidecar, args.admin_listen, true);
 
-    // The app writes to the sidecar's listener.
-    let app = &pod.containers[0];
-    let script = app.command.as_ref().expect("a command").join(" ");
-    let target = format!("-h {} -p {}", args.listen.ip(), args.listen.port());
-    assert!(
-        script.contains(&target),
-        "the app does not write to {target}: {script}"
-    );
-
-    // The password file is the RedisPair's Secret key, mounted into the sidecar.
-    let auth = pair
-        .spec
-        .auth_secret_ref
-        .clone()
-        .expect("the example has a password");
+    let volume = |name: &str| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    // The password file is the RedisPair's Secret key.
     let file = args
         .credentials
         .password_file
         .clone()
         .expect("--password-file");
-    let volume_name = mounted_volume(sidecar, &file);
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == volume_name)
-        .expect("the volume");
-    let secret = volume.secret.as_ref().expect("a Secret volume");
+    let secret_volume = volume(&mounted_volume(sidecar, &file));
+    let secret = secret_volume.secret.as_ref().expect("a Secret volume");
     assert_eq!(secret.secret_name.as_deref(), Some(auth.name.as_str()));
     let item = secret
         .items
@@ -823,24 +899,12 @@ fn demo_app_reaches_redis_through_a_native_sidecar() {
         .find(|i| file.ends_with(&i.path))
         .expect("the key's file");
     assert_eq!(item.key, auth.key);
-    let _: Secret = one(&objects, &auth.name);
 
-    // The API token: the service account's files, in the sidecar only.
-    let token = Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token");
-    let token_volume = mounted_volume(sidecar, token);
-    assert!(
-        !app.volume_mounts
-            .iter()
-            .flatten()
-            .any(|m| m.name == token_volume),
-        "the app container must not get the API token"
-    );
-    let projected = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == token_volume)
-        .and_then(|v| v.projected.as_ref())
+    // The API token, CA and namespace: the service account's files, projected.
+    let token_volume = volume(&mounted_volume(sidecar, Path::new(TOKEN)));
+    let projected = token_volume
+        .projected
+        .as_ref()
         .expect("a projected token volume");
     let sources = projected.sources.as_deref().unwrap_or_default();
     assert!(sources.iter().any(|s| {
@@ -857,6 +921,7 @@ fn demo_app_reaches_redis_through_a_native_sidecar() {
         sources.iter().any(|s| s.downward_api.is_some()),
         "the namespace file"
     );
+    args
 }
 
 /// The volume a container mounts `file` from.
