@@ -596,10 +596,10 @@ fn rbac_is_exactly_what_the_controller_and_the_sidecar_call() {
             rule("redispair.io", "redispairs", &["get", "list", "watch"], &[]),
             rule("redispair.io", "redispairs", &["patch"], &[]),
             rule("redispair.io", "redispairs/status", &["patch"], &[]),
-            rule("", "pods", &["get", "list", "watch"], &[]),
+            rule("", "pods", &["list", "watch"], &[]),
             rule("", "pods", &["patch"], &[]),
             rule("", "secrets", &["get", "list", "watch"], &[]),
-            rule("events.k8s.io", "events", &["create", "patch"], &[]),
+            rule("events.k8s.io", "events", &["create"], &[]),
         ];
         expected.sort();
         expected

@@ -76,7 +76,7 @@ docs/DECISIONS.md ("RBAC: every rule and the call that needs it") is the long fo
 */}}
 {{- define "redis-pair.controller.rules" -}}
 # The RedisPairs: watched (list + watch per namespace, or cluster-wide) to run one engine per
-# pair; get when a reconcile re-reads one.
+# pair; get to re-read one before a conditional publication.
 - apiGroups: ["redispair.io"]
   resources: ["redispairs"]
   verbs: ["get", "list", "watch"]
@@ -92,11 +92,11 @@ docs/DECISIONS.md ("RBAC: every rule and the call that needs it") is the long fo
 - apiGroups: ["redispair.io"]
   resources: ["redispairs/status"]
   verbs: ["patch"]
-# The Redis pods of every pair (spec.selector): watched for IPs, readiness and deletion (a
-# deleted master gets a switchover first); get when a reconcile re-reads one.
+# The Redis pods of every pair (spec.selector): watched (list + watch) for IPs, readiness
+# and deletion (a deleted master gets a switchover first). Read from that cache only: no get.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # The label redispair.io/role=master|replica on the Redis pods, so a Service can select the
 # master: a merge patch of metadata.labels. No update, no delete, no create.
 - apiGroups: [""]
@@ -108,10 +108,11 @@ docs/DECISIONS.md ("RBAC: every rule and the call that needs it") is the long fo
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
 # Events on the RedisPairs (Promoted, Demoted, SwitchoverStarted, Invalid, ...) through
-# kube-runtime's Recorder: create a new Event, patch it when the same one repeats.
+# kube-runtime's Recorder. A fresh Recorder per Event only ever creates (a Recorder patches
+# an Event it recorded before, to count a repeat): no patch.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
@@ -121,8 +122,8 @@ server authorizes against resourceNames.
 */}}
 {{- define "redis-pair.sidecar.rules" -}}
 # The sidecar follows one RedisPair's redispair.io/active and redispair.io/epoch annotations:
-# list + watch (field selector on its name), get when it re-reads it. Nothing else: it writes
-# nothing and reads no Secret (its password comes from a mounted file).
+# list + watch with a field selector on its name (get, for reading it by name, is what issue
+# 11 grants). Nothing else: it writes nothing and reads no Secret (its password is a file).
 - apiGroups: ["redispair.io"]
   resources: ["redispairs"]
   verbs: ["get", "list", "watch"]
