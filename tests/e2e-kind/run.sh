@@ -88,7 +88,7 @@ echo "new master $new"
 step "nothing the demo wrote is lost, and it keeps writing"
 # Every INCR up to $before was acknowledged by the old master, so the new one must be at
 # $before or beyond: a lower counter is a lost write.
-wait_for 30 "demo:writes readable through the sidecar" writes
+wait_for 30 "demo:writes readable through the sidecar" writes_above -1
 after="$(writes)"
 [ "$after" -ge "$before" ] || fail "demo:writes went back from $before to $after: writes were lost"
 wait_for 60 "the demo writing past $after + 25 on $new" writes_above $((after + 25))
