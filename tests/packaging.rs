@@ -1128,3 +1128,85 @@ impl Drop for LocalMode {
         let _ = self.child.wait();
     }
 }
+
+/// Values whose content is a Kubernetes object passed through as it is: their inner keys are
+/// Kubernetes fields, documented by Kubernetes and checked on the render.
+const PASSED_THROUGH: &[&str] = &[
+    "resources",
+    "sidecarResources",
+    "podSecurityContext",
+    "securityContext",
+];
+
+/// values.yaml documents every field (a comment right above each key), and it and
+/// values.schema.json name the same fields: no undocumented value, no schema entry for a
+/// value that does not exist.
+#[test]
+fn values_are_documented_field_by_field_and_match_the_schema() {
+    let text =
+        std::fs::read_to_string(repo().join(CHART).join("values.yaml")).expect("values.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    // (indent, key) of the keys above the current line.
+    let mut path: Vec<(usize, String)> = vec![];
+    let mut documented = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.starts_with('-') || trimmed.is_empty() {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        path.retain(|(at, _)| *at < indent);
+        let inside_object = path
+            .iter()
+            .any(|(_, k)| PASSED_THROUGH.contains(&k.as_str()));
+        path.push((indent, key.to_owned()));
+        if inside_object {
+            continue;
+        }
+        let dotted = path
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        let above = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+        assert!(
+            above.is_some_and(|l| l.trim_start().starts_with('#')),
+            "values.yaml: {dotted} (line {}) has no comment above it",
+            i + 1
+        );
+        documented.insert(dotted);
+    }
+
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("values.schema.json"))
+            .expect("the schema"),
+    )
+    .expect("the schema is JSON");
+    let mut in_schema = BTreeSet::new();
+    fn walk(node: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        for (key, child) in node["properties"].as_object().into_iter().flatten() {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if !PASSED_THROUGH.contains(&key.as_str()) {
+                walk(child, &dotted, out);
+            }
+            out.insert(dotted);
+        }
+    }
+    walk(&schema, "", &mut in_schema);
+    assert_eq!(
+        documented, in_schema,
+        "values.yaml and values.schema.json name different fields"
+    );
+    assert_eq!(
+        schema["additionalProperties"],
+        Value::Bool(false),
+        "unknown top-level values must fail"
+    );
+}
