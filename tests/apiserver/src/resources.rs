@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::schema::Structural;
-use crate::status::{FieldError, Status};
+use crate::status::FieldError;
 
 /// A resource independent of its version: the key objects are stored under.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -479,7 +479,7 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
             name_rule: NameRule::Dns1123Subdomain,
             has_generation: true,
             unconditional_update: false,
-            returns_deleted_object: true,
+            returns_deleted_object: false,
             storage_version: storage_version.clone(),
             printer_columns,
             schema,
@@ -533,11 +533,6 @@ pub fn validate_name(rule: NameRule, name: &str) -> Vec<String> {
         }
     }
     errors
-}
-
-/// A path that names no served type.
-pub fn unknown_resource() -> Status {
-    Status::no_route()
 }
 
 #[cfg(test)]

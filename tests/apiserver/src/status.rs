@@ -175,7 +175,6 @@ pub enum FieldErrorKind {
     TooLong,
     TooMany,
     Duplicate,
-    Internal,
 }
 
 impl FieldErrorKind {
@@ -189,7 +188,6 @@ impl FieldErrorKind {
             FieldErrorKind::TooLong => "FieldValueTooLong",
             FieldErrorKind::TooMany => "FieldValueTooMany",
             FieldErrorKind::Duplicate => "FieldValueDuplicate",
-            FieldErrorKind::Internal => "InternalError",
         }
     }
 
@@ -202,7 +200,6 @@ impl FieldErrorKind {
             FieldErrorKind::TooLong => "Too long",
             FieldErrorKind::TooMany => "Too many",
             FieldErrorKind::Duplicate => "Duplicate value",
-            FieldErrorKind::Internal => "Internal error",
         }
     }
 }
@@ -242,8 +239,7 @@ impl FieldError {
             (
                 FieldErrorKind::Required
                 | FieldErrorKind::Forbidden
-                | FieldErrorKind::TooLong
-                | FieldErrorKind::Internal,
+                | FieldErrorKind::TooLong,
                 _,
             )
             | (_, None) => self.kind.text().to_string(),
