@@ -100,6 +100,23 @@ fn meta_str<'a>(object: &'a Value, key: &str) -> &'a str {
 }
 
 
+/// Empty labels, annotations, finalizers and owner references are not kept (ObjectMeta
+/// omits them when empty, so no object comes back with `labels: {}`).
+fn normalize_metadata(object: &mut Value) {
+    let m = meta(object);
+    for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+        let empty = match m.get(field) {
+            Some(Value::Object(map)) => map.is_empty(),
+            Some(Value::Array(items)) => items.is_empty(),
+            Some(Value::Null) => true,
+            _ => false,
+        };
+        if empty {
+            m.remove(field);
+        }
+    }
+}
+
 fn finalizers(object: &Value) -> usize {
     object["metadata"]["finalizers"].as_array().map_or(0, Vec::len)
 }
@@ -157,9 +174,15 @@ fn table_document(kind: &ResourceType, rows: Vec<Value>, metadata: Value, header
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": columns, "rows": rows})
 }
 
-fn decode_body(body: &[u8]) -> ApiResult<Value> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Status::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
+/// The object a create or update sends, in JSON or (client-go's typed clients) protobuf.
+fn decode_body(request: &Request) -> ApiResult<Value> {
+    let media = request.content_type.split(';').next().unwrap_or("").trim();
+    let value: Value = match media {
+        crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(&request.body)?,
+        "" | "application/json" | "*/*" => serde_json::from_slice(&request.body)
+            .map_err(|e| Status::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
+        other => return Err(Status::unsupported_media_type(other)),
+    };
     if !value.is_object() {
         return Err(Status::bad_request("couldn't get version/kind; json parse error: the body is not a JSON object"));
     }
@@ -195,10 +218,15 @@ struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    fn parse(body: &[u8], query: &Query) -> ApiResult<Self> {
+    fn parse(request: &Request) -> ApiResult<Self> {
+        let (body, query) = (&request.body, &request.query);
         let mut options = DeleteOptions::default();
         if !body.iter().all(u8::is_ascii_whitespace) {
-            let value: Value = serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+            let value: Value = if request.content_type.starts_with(crate::protobuf::CONTENT_TYPE) {
+                crate::protobuf::decode(body)?
+            } else {
+                serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?
+            };
             options.grace_period = value["gracePeriodSeconds"].as_i64();
             options.uid = value.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
             options.resource_version = value.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
@@ -544,7 +572,7 @@ impl Api {
         }
         let kind = &target.kind;
         let validation = FieldValidation::parse(&request.query)?;
-        let mut object = decode_body(&request.body)?;
+        let mut object = decode_body(request)?;
         self.check_body(target, &mut object)?;
         if !meta_str(&object, "resourceVersion").is_empty() {
             return Err(Status::bad_request("resourceVersion should not be set on objects to be created"));
@@ -578,6 +606,7 @@ impl Api {
         if kind.behaviour == Behaviour::CustomResourceDefinition {
             objects::crd_status(&mut object);
         }
+        normalize_metadata(&mut object);
         Self::validate(kind, &object, None)?;
         let types = match kind.behaviour {
             Behaviour::CustomResourceDefinition => Some(
@@ -607,7 +636,7 @@ impl Api {
 
     fn update(&self, target: &Target, name: &str, request: &Request, output: Output) -> ApiResult<Reply> {
         let validation = FieldValidation::parse(&request.query)?;
-        let mut object = decode_body(&request.body)?;
+        let mut object = decode_body(request)?;
         self.check_body(target, &mut object)?;
         let body_name = meta_str(&object, "name").to_string();
         if body_name != name {
@@ -706,6 +735,7 @@ impl Api {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             meta(&mut object).insert("generation".into(), generation.into());
         }
+        normalize_metadata(&mut object);
         let object = versioned(kind, &object);
         Self::validate(kind, &object, Some(&current))?;
         let types = match kind.behaviour {
@@ -748,7 +778,7 @@ impl Api {
 
     fn delete(&self, target: &Target, name: &str, request: &Request, output: Output) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let options = DeleteOptions::parse(&request.body, &request.query)?;
+        let options = DeleteOptions::parse(request)?;
         let resource = kind.group_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut state = self.lock();

@@ -15,6 +15,7 @@ mod api;
 mod discovery;
 mod objects;
 mod patch;
+mod protobuf;
 mod request;
 mod resources;
 mod schema;

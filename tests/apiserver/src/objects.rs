@@ -31,8 +31,9 @@ pub fn child<'a>(value: &'a mut Value, key: &str) -> &'a mut Map<String, Value> 
     object_mut(slot)
 }
 
+/// Sets a default where the field is missing, null or "" (the Go defaulters test `== ""`).
 fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
-    if map.get(key).is_none_or(Value::is_null) {
+    if map.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
         map.insert(key.to_string(), value);
     }
 }

@@ -316,6 +316,7 @@ async fn a_pod_bound_to_a_node_is_deleted_gracefully() {
     let labelled = pods.patch("bound", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"redispair.io/role": "master"}}}))).await.expect("label");
     assert_eq!(labelled.labels().get("app").map(String::as_str), Some("redis"));
     let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
+    while !matches!(tokio::time::timeout(DEADLINE, events.try_next()).await.expect("synced").expect("watch"), Some(watcher::Event::InitDone)) {}
     let deleting = pods.delete("bound", &DeleteParams::default()).await.expect("delete");
     let deleting = deleting.left().expect("the pod is returned while it terminates");
     assert_eq!(deleting.metadata.deletion_grace_period_seconds, Some(30));

@@ -174,9 +174,9 @@ async fn delete_waits_for_a_graceful_pod_until_the_kubelet_finishes() {
     pods.delete("p", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("kubelet delete");
     let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.expect("delete returns").expect("runs");
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "pod \"p\" deleted");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "pod \"p\" deleted from default namespace");
     let (_server2, kubectl2) = with_pair().await;
-    assert_eq!(kubectl2.ok(&["delete", "rp", "demo"]).await.trim(), "redispair.redispair.io \"demo\" deleted");
+    assert_eq!(kubectl2.ok(&["delete", "rp", "demo"]).await.trim(), "redispair.redispair.io \"demo\" deleted from default namespace");
     let error = kubectl2.fails(&["get", "rp", "demo"]).await;
     assert_eq!(error.trim(), "Error from server (NotFound): redispairs.redispair.io \"demo\" not found");
 }
