@@ -38,7 +38,12 @@ pub struct Reply {
 
 impl Reply {
     fn json(code: u16, body: Value) -> Self {
-        Reply { code, content_type: "application/json", body: Body::Json(body), warnings: Vec::new() }
+        Reply {
+            code,
+            content_type: "application/json",
+            body: Body::Json(body),
+            warnings: Vec::new(),
+        }
     }
 
     pub fn status(status: &Status) -> Self {
@@ -99,7 +104,6 @@ fn meta_str<'a>(object: &'a Value, key: &str) -> &'a str {
     object["metadata"][key].as_str().unwrap_or("")
 }
 
-
 /// Empty labels, annotations, finalizers and owner references are not kept (ObjectMeta
 /// omits them when empty, so no object comes back with `labels: {}`).
 fn normalize_metadata(object: &mut Value) {
@@ -118,7 +122,9 @@ fn normalize_metadata(object: &mut Value) {
 }
 
 fn finalizers(object: &Value) -> usize {
-    object["metadata"]["finalizers"].as_array().map_or(0, Vec::len)
+    object["metadata"]["finalizers"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 fn too_old(rv: u64, error: TooOld) -> Status {
@@ -167,7 +173,12 @@ fn table_row(kind: &ResourceType, object: &Value, include: crate::request::Inclu
 
 fn table_document(kind: &ResourceType, rows: Vec<Value>, metadata: Value, headers: bool) -> Value {
     let columns = if headers {
-        Value::Array(table::columns(kind).iter().map(table::Column::to_json).collect())
+        Value::Array(
+            table::columns(kind)
+                .iter()
+                .map(table::Column::to_json)
+                .collect(),
+        )
     } else {
         Value::Null
     };
@@ -179,30 +190,42 @@ fn decode_body(request: &Request) -> ApiResult<Value> {
     let media = request.content_type.split(';').next().unwrap_or("").trim();
     let value: Value = match media {
         crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(&request.body)?,
-        "" | "application/json" | "*/*" => serde_json::from_slice(&request.body)
-            .map_err(|e| Status::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
+        "" | "application/json" | "*/*" => serde_json::from_slice(&request.body).map_err(|e| {
+            Status::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?,
         other => return Err(Status::unsupported_media_type(other)),
     };
     if !value.is_object() {
-        return Err(Status::bad_request("couldn't get version/kind; json parse error: the body is not a JSON object"));
+        return Err(Status::bad_request(
+            "couldn't get version/kind; json parse error: the body is not a JSON object",
+        ));
     }
     Ok(value)
 }
 
 /// The continue token of a paginated list: the list's resourceVersion and the last key.
 fn encode_continue(rv: u64, key: &(String, String)) -> String {
-    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{}/{}\u{0}", key.0, key.1)});
+    let token =
+        json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{}/{}\u{0}", key.0, key.1)});
     base64::engine::general_purpose::STANDARD.encode(token.to_string())
 }
 
 fn decode_continue(token: &str) -> ApiResult<(u64, (String, String))> {
     let invalid = |why: String| Status::bad_request(format!("continue key is not valid: {why}"));
-    let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|e| invalid(e.to_string()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|e| invalid(e.to_string()))?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let rv = value["rv"].as_u64().ok_or_else(|| invalid("no resource version".into()))?;
-    let start = value["start"].as_str().ok_or_else(|| invalid("no start key".into()))?;
+    let rv = value["rv"]
+        .as_u64()
+        .ok_or_else(|| invalid("no resource version".into()))?;
+    let start = value["start"]
+        .as_str()
+        .ok_or_else(|| invalid("no start key".into()))?;
     let start = start.trim_end_matches('\u{0}');
-    let (ns, name) = start.split_once('/').ok_or_else(|| invalid("malformed start key".into()))?;
+    let (ns, name) = start
+        .split_once('/')
+        .ok_or_else(|| invalid("malformed start key".into()))?;
     Ok((rv, (ns.to_string(), name.to_string())))
 }
 
@@ -222,14 +245,25 @@ impl DeleteOptions {
         let (body, query) = (&request.body, &request.query);
         let mut options = DeleteOptions::default();
         if !body.iter().all(u8::is_ascii_whitespace) {
-            let value: Value = if request.content_type.starts_with(crate::protobuf::CONTENT_TYPE) {
+            let value: Value = if request
+                .content_type
+                .starts_with(crate::protobuf::CONTENT_TYPE)
+            {
                 crate::protobuf::decode(body)?
             } else {
-                serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?
+                serde_json::from_slice(body).map_err(|e| {
+                    Status::bad_request(format!("error decoding DeleteOptions: {e}"))
+                })?
             };
             options.grace_period = value["gracePeriodSeconds"].as_i64();
-            options.uid = value.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-            options.resource_version = value.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            options.uid = value
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            options.resource_version = value
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             options.dry_run = value["dryRun"].as_array().is_some_and(|d| !d.is_empty());
         }
         if let Some(grace) = query.integer("gracePeriodSeconds")? {
@@ -246,7 +280,8 @@ impl Api {
         let now = now().to_string();
         let namespaces = GroupResource::new("", "namespaces");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let mut namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            let mut namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             if let Some(kind) = state.registry.storage_type(&namespaces) {
                 objects::prepare_create(&kind, &mut namespace, "");
             }
@@ -267,7 +302,9 @@ impl Api {
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while the lock is held leaves the state as the last complete write made it.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn notify(&self, state: &State) {
@@ -289,7 +326,12 @@ impl Api {
     }
 
     fn route(self: &Arc<Self>, request: &Request) -> ApiResult<Reply> {
-        let segments: Vec<&str> = request.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let segments: Vec<&str> = request
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let discovery_only = |reply: Value| -> ApiResult<Reply> {
             if request.method != Method::Get {
                 return Err(Status::method_not_allowed());
@@ -298,9 +340,12 @@ impl Api {
         };
         match segments.as_slice() {
             ["version"] => discovery_only(discovery::version()),
-            ["healthz" | "livez" | "readyz"] => {
-                Ok(Reply { code: 200, content_type: "text/plain; charset=utf-8", body: Body::Text("ok".into()), warnings: Vec::new() })
-            }
+            ["healthz" | "livez" | "readyz"] => Ok(Reply {
+                code: 200,
+                content_type: "text/plain; charset=utf-8",
+                body: Body::Text("ok".into()),
+                warnings: Vec::new(),
+            }),
             ["api"] | ["apis"] => {
                 let legacy = segments[0] == "api";
                 if negotiate(&request.accept, &request.query)? == Output::AggregatedDiscovery {
@@ -316,15 +361,19 @@ impl Api {
                     discovery_only(discovery::api_group_list(&self.lock().registry))
                 }
             }
-            ["api", version] => {
-                discovery::api_resource_list(&self.lock().registry, "", version).map_or_else(|| Err(Status::no_route()), discovery_only)
+            ["api", version] => discovery::api_resource_list(&self.lock().registry, "", version)
+                .map_or_else(|| Err(Status::no_route()), discovery_only),
+            ["apis", group] => discovery::api_group(&self.lock().registry, group)
+                .map_or_else(|| Err(Status::no_route()), discovery_only),
+            ["apis", group, version] => {
+                discovery::api_resource_list(&self.lock().registry, group, version)
+                    .map_or_else(|| Err(Status::no_route()), discovery_only)
             }
-            ["apis", group] => discovery::api_group(&self.lock().registry, group).map_or_else(|| Err(Status::no_route()), discovery_only),
-            ["apis", group, version] => discovery::api_resource_list(&self.lock().registry, group, version)
-                .map_or_else(|| Err(Status::no_route()), discovery_only),
             ["openapi", "v3"] => discovery_only(discovery::openapi_root(&self.lock().registry)),
-            ["openapi", "v3", rest @ ..] => discovery::openapi_group_version(&self.lock().registry, &rest.join("/"))
-                .map_or_else(|| Err(Status::no_route()), discovery_only),
+            ["openapi", "v3", rest @ ..] => {
+                discovery::openapi_group_version(&self.lock().registry, &rest.join("/"))
+                    .map_or_else(|| Err(Status::no_route()), discovery_only)
+            }
             ["api", version, rest @ ..] => self.resource(request, "", version, rest),
             ["apis", group, version, rest @ ..] => self.resource(request, group, version, rest),
             _ => Err(Status::no_route()),
@@ -334,16 +383,25 @@ impl Api {
     fn find_target(&self, group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
         let state = self.lock();
         let registry = &state.registry;
-        let namespaced = |plural: &str| registry.find(group, version, plural).filter(|t| t.namespaced);
+        let namespaced = |plural: &str| {
+            registry
+                .find(group, version, plural)
+                .filter(|t| t.namespaced)
+        };
         let (namespace, rest) = match rest {
-            ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => (Some(ns.to_string()), {
-                let mut v = vec![*plural];
-                v.extend_from_slice(tail);
-                v
-            }),
+            ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
+                (Some(ns.to_string()), {
+                    let mut v = vec![*plural];
+                    v.extend_from_slice(tail);
+                    v
+                })
+            }
             _ => (None, rest.to_vec()),
         };
-        let Some(kind) = rest.first().and_then(|plural| registry.find(group, version, plural)) else {
+        let Some(kind) = rest
+            .first()
+            .and_then(|plural| registry.find(group, version, plural))
+        else {
             return Err(Status::no_route());
         };
         if kind.namespaced && namespace.is_none() && rest.len() > 1 {
@@ -357,14 +415,31 @@ impl Api {
         if rest.len() > 3 {
             return Err(Status::no_route());
         }
-        Ok(Target { kind, namespace, name: rest.get(1).map(|s| s.to_string()), part })
+        Ok(Target {
+            kind,
+            namespace,
+            name: rest.get(1).map(|s| s.to_string()),
+            part,
+        })
     }
 
-    fn resource(self: &Arc<Self>, request: &Request, group: &str, version: &str, rest: &[&str]) -> ApiResult<Reply> {
+    fn resource(
+        self: &Arc<Self>,
+        request: &Request,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+    ) -> ApiResult<Reply> {
         let target = self.find_target(group, version, rest)?;
         let output = negotiate(&request.accept, &request.query)?;
         match (request.method, &target.name) {
-            (Method::Get, None) if request.query.flag("watch") => crate::watch::start(self, &target.kind, target.namespace.as_deref(), &request.query, output),
+            (Method::Get, None) if request.query.flag("watch") => crate::watch::start(
+                self,
+                &target.kind,
+                target.namespace.as_deref(),
+                &request.query,
+                output,
+            ),
             (Method::Get, None) => self.list(&target, &request.query, output),
             (Method::Get, Some(name)) => self.get(&target, name, output),
             (Method::Post, None) => {
@@ -375,7 +450,9 @@ impl Api {
             }
             (Method::Put, Some(name)) => self.update(&target, name, request, output),
             (Method::Patch, Some(name)) => self.patch(&target, name, request, output),
-            (Method::Delete, Some(name)) if target.part == Part::Main => self.delete(&target, name, request, output),
+            (Method::Delete, Some(name)) if target.part == Part::Main => {
+                self.delete(&target, name, request, output)
+            }
             (Method::Delete, None) => self.delete_collection(&target, request),
             _ => Err(Status::method_not_allowed()),
         }
@@ -387,7 +464,10 @@ impl Api {
         let object = state
             .get(&resource, target.namespace.as_deref().unwrap_or(""), name)
             .ok_or_else(|| Status::not_found(&resource, name))?;
-        Ok(Reply::json(200, render(&target.kind, &object, output, true)))
+        Ok(Reply::json(
+            200,
+            render(&target.kind, &object, output, true),
+        ))
     }
 
     fn list(&self, target: &Target, query: &Query, output: Output) -> ApiResult<Reply> {
@@ -395,25 +475,38 @@ impl Api {
         let resource = kind.group_resource();
         let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind)?;
-        let limit = query.integer("limit")?.filter(|l| *l > 0).map(|l| l as usize);
+        let limit = query
+            .integer("limit")?
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
         let state = self.lock();
         let (list_rv, objects, start) = match query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => {
                 let (rv, start) = decode_continue(token)?;
-                let objects = state.snapshot_at(&resource, rv).map_err(|_| Status::gone(CONTINUE_EXPIRED))?;
+                let objects = state
+                    .snapshot_at(&resource, rv)
+                    .map_err(|_| Status::gone(CONTINUE_EXPIRED))?;
                 (rv, objects, Some(start))
             }
             None => {
                 let requested = query.get("resourceVersion").unwrap_or("");
                 match (query.get("resourceVersionMatch").unwrap_or(""), requested) {
                     ("Exact", rv) => {
-                        let rv: u64 = rv.parse().map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}")))?;
-                        let objects = state.snapshot_at(&resource, rv).map_err(|e| too_old(rv, e))?;
+                        let rv: u64 = rv.parse().map_err(|_| {
+                            Status::bad_request(format!("invalid resourceVersion {rv:?}"))
+                        })?;
+                        let objects = state
+                            .snapshot_at(&resource, rv)
+                            .map_err(|e| too_old(rv, e))?;
                         (rv, objects, None)
                     }
-                    ("" | "NotOlderThan", _) => (state.resource_version(), state.list(&resource, None), None),
+                    ("" | "NotOlderThan", _) => {
+                        (state.resource_version(), state.list(&resource, None), None)
+                    }
                     (other, _) => {
-                        return Err(Status::bad_request(format!("resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\"")));
+                        return Err(Status::bad_request(format!(
+                            "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                        )));
                     }
                 }
             }
@@ -421,7 +514,12 @@ impl Api {
         drop(state);
         let mut matching: Vec<Arc<Value>> = objects
             .into_iter()
-            .filter(|o| target.namespace.as_deref().is_none_or(|ns| meta_str(o, "namespace") == ns))
+            .filter(|o| {
+                target
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|ns| meta_str(o, "namespace") == ns)
+            })
             .filter(|o| start.as_ref().is_none_or(|s| key_of(o) > *s))
             .filter(|o| labels.matches(o["metadata"]["labels"].as_object()))
             .filter(|o| fields.matches(kind, o))
@@ -433,7 +531,10 @@ impl Api {
             let remaining = matching.len() - limit;
             matching.truncate(limit);
             if let (Some(last), Some(m)) = (matching.last(), metadata.as_object_mut()) {
-                m.insert("continue".into(), encode_continue(list_rv, &key_of(last)).into());
+                m.insert(
+                    "continue".into(),
+                    encode_continue(list_rv, &key_of(last)).into(),
+                );
                 if labels == LabelSelector::default() && fields.is_empty() {
                     m.insert("remainingItemCount".into(), remaining.into());
                 }
@@ -441,7 +542,10 @@ impl Api {
         }
         let body = match output {
             Output::Table(include) => {
-                let rows = matching.iter().map(|o| table_row(kind, o, include)).collect();
+                let rows = matching
+                    .iter()
+                    .map(|o| table_row(kind, o, include))
+                    .collect();
                 table_document(kind, rows, metadata, true)
             }
             Output::Metadata => json!({
@@ -499,7 +603,9 @@ impl Api {
         match (&target.namespace, kind.namespaced) {
             (Some(ns), true) => {
                 if !body_namespace.is_empty() && body_namespace != *ns {
-                    return Err(Status::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                    return Err(Status::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
                 }
                 meta(object).insert("namespace".into(), ns.clone().into());
             }
@@ -511,19 +617,32 @@ impl Api {
     }
 
     /// Unknown fields of a custom resource: pruned, reported as warnings or (Strict) rejected.
-    fn prune(kind: &ResourceType, object: &mut Value, validation: FieldValidation, patching: bool) -> ApiResult<Vec<String>> {
-        let Some(schema) = &kind.schema else { return Ok(Vec::new()) };
+    fn prune(
+        kind: &ResourceType,
+        object: &mut Value,
+        validation: FieldValidation,
+        patching: bool,
+    ) -> ApiResult<Vec<String>> {
+        let Some(schema) = &kind.schema else {
+            return Ok(Vec::new());
+        };
         let unknown = schema.prune(object);
         if unknown.is_empty() || validation == FieldValidation::Ignore {
             return Ok(Vec::new());
         }
-        let listed: Vec<String> = unknown.iter().map(|path| format!("unknown field \"{path}\"")).collect();
+        let listed: Vec<String> = unknown
+            .iter()
+            .map(|path| format!("unknown field \"{path}\""))
+            .collect();
         if validation == FieldValidation::Strict {
             let message = format!("strict decoding error: {}", listed.join(", "));
             return Err(Status::bad_request(if patching {
                 message
             } else {
-                format!("{} in version {:?} cannot be handled as a {}: {message}", kind.kind, kind.version, kind.kind)
+                format!(
+                    "{} in version {:?} cannot be handled as a {}: {message}",
+                    kind.kind, kind.version, kind.kind
+                )
             }));
         }
         Ok(listed)
@@ -544,7 +663,10 @@ impl Api {
         if let Some(old) = old
             && old["metadata"]["deletionTimestamp"].is_string()
         {
-            let before: Vec<&Value> = old["metadata"]["finalizers"].as_array().map(|f| f.iter().collect()).unwrap_or_default();
+            let before: Vec<&Value> = old["metadata"]["finalizers"]
+                .as_array()
+                .map(|f| f.iter().collect())
+                .unwrap_or_default();
             let added: Vec<String> = object["metadata"]["finalizers"]
                 .as_array()
                 .into_iter()
@@ -562,7 +684,12 @@ impl Api {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(Status::invalid(&kind.qualified_kind(), &kind.group, meta_str(object, "name"), &errors))
+            Err(Status::invalid(
+                &kind.qualified_kind(),
+                &kind.group,
+                meta_str(object, "name"),
+                &errors,
+            ))
         }
     }
 
@@ -575,7 +702,9 @@ impl Api {
         let mut object = decode_body(request)?;
         self.check_body(target, &mut object)?;
         if !meta_str(&object, "resourceVersion").is_empty() {
-            return Err(Status::bad_request("resourceVersion should not be set on objects to be created"));
+            return Err(Status::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         if meta_str(&object, "name").is_empty() && !meta_str(&object, "generateName").is_empty() {
             let name = format!("{}{}", meta_str(&object, "generateName"), random_suffix());
@@ -586,7 +715,11 @@ impl Api {
             objects::normalize_secret(&mut object)?;
         }
         let mut state = self.lock();
-        let cluster_ip = format!("10.96.{}.{}", (state.resource_version() / 250) % 250, state.resource_version() % 250 + 2);
+        let cluster_ip = format!(
+            "10.96.{}.{}",
+            (state.resource_version() / 250) % 250,
+            state.resource_version() % 250 + 2
+        );
         objects::prepare_create(kind, &mut object, &cluster_ip);
         if let Some(schema) = &kind.schema {
             schema.apply_defaults(&mut object);
@@ -594,7 +727,15 @@ impl Api {
         let now = now().to_string();
         {
             let m = meta(&mut object);
-            for server_managed in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink", "managedFields"] {
+            for server_managed in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "selfLink",
+                "managedFields",
+            ] {
                 m.remove(server_managed);
             }
             m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
@@ -609,32 +750,58 @@ impl Api {
         normalize_metadata(&mut object);
         Self::validate(kind, &object, None)?;
         let types = match kind.behaviour {
-            Behaviour::CustomResourceDefinition => Some(
-                custom_types(&object).map_err(|errors| Status::invalid(&kind.qualified_kind(), &kind.group, meta_str(&object, "name"), &errors))?,
-            ),
+            Behaviour::CustomResourceDefinition => {
+                Some(custom_types(&object).map_err(|errors| {
+                    Status::invalid(
+                        &kind.qualified_kind(),
+                        &kind.group,
+                        meta_str(&object, "name"),
+                        &errors,
+                    )
+                })?)
+            }
             _ => None,
         };
         let resource = kind.group_resource();
         let namespace = meta_str(&object, "namespace").to_string();
         let name = meta_str(&object, "name").to_string();
-        if kind.namespaced && state.get(&GroupResource::new("", "namespaces"), "", &namespace).is_none() {
-            return Err(Status::not_found(&GroupResource::new("", "namespaces"), &namespace));
+        if kind.namespaced
+            && state
+                .get(&GroupResource::new("", "namespaces"), "", &namespace)
+                .is_none()
+        {
+            return Err(Status::not_found(
+                &GroupResource::new("", "namespaces"),
+                &namespace,
+            ));
         }
         if state.get(&resource, &namespace, &name).is_some() {
             return Err(Status::already_exists(&resource, &name));
         }
         if request.query.get("dryRun") == Some("All") {
-            return Ok(Reply { warnings, ..Reply::json(201, render(kind, &object, output, true)) });
+            return Ok(Reply {
+                warnings,
+                ..Reply::json(201, render(kind, &object, output, true))
+            });
         }
         let stored = state.create(&resource, versioned(kind, &object));
         if let Some(types) = types {
             state.registry.set_custom(&name, types);
         }
         self.notify(&state);
-        Ok(Reply { warnings, ..Reply::json(201, render(kind, &stored, output, true)) })
+        Ok(Reply {
+            warnings,
+            ..Reply::json(201, render(kind, &stored, output, true))
+        })
     }
 
-    fn update(&self, target: &Target, name: &str, request: &Request, output: Output) -> ApiResult<Reply> {
+    fn update(
+        &self,
+        target: &Target,
+        name: &str,
+        request: &Request,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let validation = FieldValidation::parse(&request.query)?;
         let mut object = decode_body(request)?;
         self.check_body(target, &mut object)?;
@@ -645,21 +812,45 @@ impl Api {
             )));
         }
         if meta_str(&object, "resourceVersion").is_empty() && !target.kind.unconditional_update {
-            let error = FieldError::invalid("metadata.resourceVersion", Value::String(String::new()), "must be specified for an update");
-            return Err(Status::invalid(&target.kind.qualified_kind(), &target.kind.group, name, &[error]));
+            let error = FieldError::invalid(
+                "metadata.resourceVersion",
+                Value::String(String::new()),
+                "must be specified for an update",
+            );
+            return Err(Status::invalid(
+                &target.kind.qualified_kind(),
+                &target.kind.group,
+                name,
+                &[error],
+            ));
         }
         let warnings = Self::prune(&target.kind, &mut object, validation, false)?;
         let mut state = self.lock();
-        let reply = self.write(&mut state, target, name, object, request.query.get("dryRun") == Some("All"), output)?;
-        Ok(Reply { warnings: [warnings, reply.warnings].concat(), ..reply })
+        let reply = self.write(
+            &mut state,
+            target,
+            name,
+            object,
+            request.query.get("dryRun") == Some("All"),
+            output,
+        )?;
+        Ok(Reply {
+            warnings: [warnings, reply.warnings].concat(),
+            ..reply
+        })
     }
 
-    fn patch(&self, target: &Target, name: &str, request: &Request, output: Output) -> ApiResult<Reply> {
+    fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        request: &Request,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let kind = &target.kind;
         let validation = FieldValidation::parse(&request.query)?;
-        let patch_type = PatchType::from_content_type(&request.content_type).ok_or_else(|| {
-            Status::unsupported_media_type(&request.content_type)
-        })?;
+        let patch_type = PatchType::from_content_type(&request.content_type)
+            .ok_or_else(|| Status::unsupported_media_type(&request.content_type))?;
         if patch_type == PatchType::StrategicMerge && kind.behaviour == Behaviour::Custom {
             return Err(Status {
                 code: 415,
@@ -675,7 +866,9 @@ impl Api {
             .ok_or_else(|| Status::not_found(&resource, name))?;
         let mut patched = patch::apply(patch_type, &versioned(kind, &current), &request.body)?;
         if !patched.is_object() {
-            return Err(Status::bad_request("the patched object is not a JSON object"));
+            return Err(Status::bad_request(
+                "the patched object is not a JSON object",
+            ));
         }
         if meta_str(&patched, "name") != name {
             return Err(Status::bad_request(format!(
@@ -685,18 +878,38 @@ impl Api {
         }
         self.check_body(target, &mut patched)?;
         let warnings = Self::prune(kind, &mut patched, validation, true)?;
-        let reply = self.write(&mut state, target, name, patched, request.query.get("dryRun") == Some("All"), output)?;
-        Ok(Reply { warnings: [warnings, reply.warnings].concat(), ..reply })
+        let reply = self.write(
+            &mut state,
+            target,
+            name,
+            patched,
+            request.query.get("dryRun") == Some("All"),
+            output,
+        )?;
+        Ok(Reply {
+            warnings: [warnings, reply.warnings].concat(),
+            ..reply
+        })
     }
 
     /// The shared end of update and patch: preconditions, what the part may change,
     /// validation, generation, a no-op left unwritten, and deletion once the last finalizer
     /// of an object being deleted is gone.
-    fn write(&self, state: &mut State, target: &Target, name: &str, object: Value, dry_run: bool, output: Output) -> ApiResult<Reply> {
+    fn write(
+        &self,
+        state: &mut State,
+        target: &Target,
+        name: &str,
+        object: Value,
+        dry_run: bool,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let kind = &target.kind;
         let resource = kind.group_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
-        let current = state.get(&resource, &namespace, name).ok_or_else(|| Status::not_found(&resource, name))?;
+        let current = state
+            .get(&resource, &namespace, name)
+            .ok_or_else(|| Status::not_found(&resource, name))?;
         let sent_rv = meta_str(&object, "resourceVersion").to_string();
         if !sent_rv.is_empty() && sent_rv != meta_str(&current, "resourceVersion") {
             return Err(Status::conflict_modified(&resource, name));
@@ -706,7 +919,10 @@ impl Api {
             return Err(Status::conflict(
                 &resource,
                 name,
-                &format!("Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}", meta_str(&current, "uid")),
+                &format!(
+                    "Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}",
+                    meta_str(&current, "uid")
+                ),
             ));
         }
         let mut object = objects::merge_for_part(kind, target.part, object, &current);
@@ -715,13 +931,23 @@ impl Api {
         }
         {
             let m = meta(&mut object);
-            for kept in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"] {
+            for kept in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+            ] {
                 match current["metadata"].get(kept) {
                     Some(v) => m.insert(kept.into(), v.clone()),
                     None => m.remove(kept),
                 };
             }
-            m.insert("resourceVersion".into(), current["metadata"]["resourceVersion"].clone());
+            m.insert(
+                "resourceVersion".into(),
+                current["metadata"]["resourceVersion"].clone(),
+            );
             m.remove("managedFields");
             m.remove("selfLink");
         }
@@ -739,9 +965,11 @@ impl Api {
         let object = versioned(kind, &object);
         Self::validate(kind, &object, Some(&current))?;
         let types = match kind.behaviour {
-            Behaviour::CustomResourceDefinition => Some(
-                custom_types(&object).map_err(|errors| Status::invalid(&kind.qualified_kind(), &kind.group, name, &errors))?,
-            ),
+            Behaviour::CustomResourceDefinition => {
+                Some(custom_types(&object).map_err(|errors| {
+                    Status::invalid(&kind.qualified_kind(), &kind.group, name, &errors)
+                })?)
+            }
             _ => None,
         };
         // An update that changes nothing is not written: no new resourceVersion, no event.
@@ -757,7 +985,10 @@ impl Api {
             let deleted = state.delete(&resource, &namespace, name);
             self.after_delete(state, kind, name);
             self.notify(state);
-            return Ok(Reply::json(200, render(kind, deleted.as_deref().unwrap_or(&stored), output, true)));
+            return Ok(Reply::json(
+                200,
+                render(kind, deleted.as_deref().unwrap_or(&stored), output, true),
+            ));
         }
         if let Some(types) = types {
             state.registry.set_custom(name, types);
@@ -768,7 +999,11 @@ impl Api {
 
     fn after_delete(&self, state: &mut State, kind: &ResourceType, name: &str) {
         if kind.behaviour == Behaviour::CustomResourceDefinition {
-            let resource = state.registry.all().find(|t| format!("{}.{}", t.plural, t.group) == name).map(|t| t.group_resource());
+            let resource = state
+                .registry
+                .all()
+                .find(|t| format!("{}.{}", t.plural, t.group) == name)
+                .map(|t| t.group_resource());
             if let Some(resource) = resource {
                 state.delete_all(&resource);
             }
@@ -776,17 +1011,32 @@ impl Api {
         }
     }
 
-    fn delete(&self, target: &Target, name: &str, request: &Request, output: Output) -> ApiResult<Reply> {
+    fn delete(
+        &self,
+        target: &Target,
+        name: &str,
+        request: &Request,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let kind = &target.kind;
         let options = DeleteOptions::parse(request)?;
         let resource = kind.group_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut state = self.lock();
-        let current = state.get(&resource, &namespace, name).ok_or_else(|| Status::not_found(&resource, name))?;
+        let current = state
+            .get(&resource, &namespace, name)
+            .ok_or_else(|| Status::not_found(&resource, name))?;
         if let Some(uid) = &options.uid
             && uid != meta_str(&current, "uid")
         {
-            return Err(Status::conflict(&resource, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&current, "uid"))));
+            return Err(Status::conflict(
+                &resource,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid")
+                ),
+            ));
         }
         if let Some(rv) = &options.resource_version
             && rv != meta_str(&current, "resourceVersion")
@@ -794,25 +1044,42 @@ impl Api {
             return Err(Status::conflict(
                 &resource,
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", meta_str(&current, "resourceVersion")),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&current, "resourceVersion")
+                ),
             ));
         }
-        if kind.behaviour == Behaviour::Namespace && matches!(name, "default" | "kube-system" | "kube-public") {
-            return Err(Status::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        if kind.behaviour == Behaviour::Namespace
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(Status::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
         if options.dry_run {
             return Ok(Reply::json(200, render(kind, &current, output, true)));
         }
         // Pods bound to a node are deleted gracefully: the kubelet (the tests) finishes with
         // gracePeriodSeconds=0. Unbound or finished pods, and other kinds, go at once.
-        let phase = current.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = current
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let graceful = kind.behaviour == Behaviour::Pod
-            && current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+            && current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
             && !matches!(phase, "Succeeded" | "Failed");
         let grace = if graceful {
             options
                 .grace_period
-                .or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    current
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(30)
                 .max(0)
         } else {
@@ -827,7 +1094,9 @@ impl Api {
             }
             let mut object = (*current).clone();
             let m = meta(&mut object);
-            let deadline = when.checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or(when);
+            let deadline = when
+                .checked_add(jiff::SignedDuration::from_secs(grace))
+                .unwrap_or(when);
             m.insert("deletionTimestamp".into(), deadline.to_string().into());
             m.insert("deletionGracePeriodSeconds".into(), grace.into());
             if kind.has_generation && !deleting {
@@ -841,28 +1110,45 @@ impl Api {
         if kind.behaviour == Behaviour::Namespace {
             return self.delete_namespace(&mut state, kind, name, output);
         }
-        let deleted = state.delete(&resource, &namespace, name).ok_or_else(|| Status::not_found(&resource, name))?;
+        let deleted = state
+            .delete(&resource, &namespace, name)
+            .ok_or_else(|| Status::not_found(&resource, name))?;
         self.after_delete(&mut state, kind, name);
         self.notify(&state);
         if kind.returns_deleted_object {
             Ok(Reply::json(200, render(kind, &deleted, output, true)))
         } else {
-            Ok(Reply::json(200, success_deleted(&resource, name, meta_str(&deleted, "uid"))))
+            Ok(Reply::json(
+                200,
+                success_deleted(&resource, name, meta_str(&deleted, "uid")),
+            ))
         }
     }
 
     /// A namespace goes Terminating, its content is deleted, then it goes (the namespace
     /// controller's work, done at once).
-    fn delete_namespace(&self, state: &mut State, kind: &ResourceType, name: &str, output: Output) -> ApiResult<Reply> {
+    fn delete_namespace(
+        &self,
+        state: &mut State,
+        kind: &ResourceType,
+        name: &str,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let resource = kind.group_resource();
-        let current = state.get(&resource, "", name).ok_or_else(|| Status::not_found(&resource, name))?;
+        let current = state
+            .get(&resource, "", name)
+            .ok_or_else(|| Status::not_found(&resource, name))?;
         let mut terminating = (*current).clone();
         meta(&mut terminating).insert("deletionTimestamp".into(), now().to_string().into());
         meta(&mut terminating).insert("deletionGracePeriodSeconds".into(), 0.into());
         child(&mut terminating, "status").insert("phase".into(), "Terminating".into());
         let terminating = state.update(&resource, terminating);
         for contained in state.resources_in_namespace(name) {
-            let names: Vec<String> = state.list(&contained, Some(name)).iter().map(|o| meta_str(o, "name").to_string()).collect();
+            let names: Vec<String> = state
+                .list(&contained, Some(name))
+                .iter()
+                .map(|o| meta_str(o, "name").to_string())
+                .collect();
             for object in names {
                 state.delete(&contained, name, &object);
             }
@@ -884,7 +1170,9 @@ impl Api {
             state
                 .list(&kind.group_resource(), target.namespace.as_deref())
                 .iter()
-                .filter(|o| labels.matches(o["metadata"]["labels"].as_object()) && fields.matches(kind, o))
+                .filter(|o| {
+                    labels.matches(o["metadata"]["labels"].as_object()) && fields.matches(kind, o)
+                })
                 .map(|o| meta_str(o, "name").to_string())
                 .collect()
         };
@@ -897,7 +1185,10 @@ impl Api {
                 items.push(object);
             }
         }
-        Ok(Reply::json(200, json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": {}, "items": items})))
+        Ok(Reply::json(
+            200,
+            json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": {}, "items": items}),
+        ))
     }
 }
 
@@ -905,5 +1196,9 @@ impl Api {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = *uuid::Uuid::new_v4().as_bytes();
-    bytes.iter().take(5).map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+    bytes
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
 }

@@ -38,7 +38,10 @@ pub fn api_versions(address: &str) -> Value {
 }
 
 fn group_document(group: &str, versions: &[String]) -> Value {
-    let versions: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(Value::Null)})
 }
 
@@ -53,7 +56,10 @@ pub fn api_group_list(registry: &Registry) -> Value {
 }
 
 pub fn api_group(registry: &Registry, group: &str) -> Option<Value> {
-    let (_, versions) = registry.groups().into_iter().find(|(g, _)| g == group && !g.is_empty())?;
+    let (_, versions) = registry
+        .groups()
+        .into_iter()
+        .find(|(g, _)| g == group && !g.is_empty())?;
     let mut document = group_document(group, &versions);
     if let Some(object) = document.as_object_mut() {
         object.insert("kind".into(), "APIGroup".into());
@@ -98,8 +104,14 @@ pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Opt
             object.retain(|_, v| !matches!(v, Value::Array(a) if a.is_empty()));
         }
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 /// A stable short hash (the real one is of the storage version; clients only compare it).
@@ -110,7 +122,8 @@ fn storage_version_hash(t: &ResourceType) -> String {
         hash = hash.wrapping_mul(0x100000001b3);
     }
     let bytes = hash.to_be_bytes();
-    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes[..8])[..11].to_string()
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes[..8])[..11]
+        .to_string()
 }
 
 fn discovery_resource(t: &ResourceType) -> Value {
@@ -148,21 +161,34 @@ pub fn aggregated(registry: &Registry, legacy: bool) -> Value {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry.types_of(group, v).iter().map(|t| discovery_resource(t)).collect();
+                    let resources: Vec<Value> = registry
+                        .types_of(group, v)
+                        .iter()
+                        .map(|t| discovery_resource(t))
+                        .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
-            let metadata = if group.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": group, "creationTimestamp": null}) };
+            let metadata = if group.is_empty() {
+                json!({"creationTimestamp": null})
+            } else {
+                json!({"name": group, "creationTimestamp": null})
+            };
             json!({"metadata": metadata, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
-pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: where each group version's document is.
@@ -172,7 +198,10 @@ pub fn openapi_root(registry: &Registry) -> Value {
         for version in versions {
             let path = gv_path(&group, &version);
             let hash = storage_version_hash_of(&path, registry);
-            paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}));
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
         }
     }
     json!({"paths": paths})
@@ -184,7 +213,12 @@ fn storage_version_hash_of(path: &str, registry: &Registry) -> String {
     for t in registry.all() {
         if gv_path(&t.group, &t.version) == path {
             text.push_str(&t.kind);
-            text.push_str(&t.openapi_schema.as_ref().map(Value::to_string).unwrap_or_default());
+            text.push_str(
+                &t.openapi_schema
+                    .as_ref()
+                    .map(Value::to_string)
+                    .unwrap_or_default(),
+            );
         }
     }
     let mut hash: u64 = 0xcbf29ce484222325;
@@ -197,14 +231,22 @@ fn storage_version_hash_of(path: &str, registry: &Registry) -> String {
 
 fn schema_name(t: &ResourceType) -> String {
     let reversed: Vec<&str> = t.group.split('.').rev().collect();
-    if t.group.is_empty() { format!("io.k8s.api.core.{}.{}", t.version, t.kind) } else { format!("{}.{}.{}", reversed.join("."), t.version, t.kind) }
+    if t.group.is_empty() {
+        format!("io.k8s.api.core.{}.{}", t.version, t.kind)
+    } else {
+        format!("{}.{}.{}", reversed.join("."), t.version, t.kind)
+    }
 }
 
 /// The OpenAPI v3 document of one group version: a path per resource with its operations
 /// (the PATCH one carrying `fieldValidation` and the patch types the kind accepts), and a
 /// schema per kind (the CRD's openAPIV3Schema for custom resources).
 pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
-    let types: Vec<_> = registry.all().filter(|t| gv_path(&t.group, &t.version) == path).cloned().collect();
+    let types: Vec<_> = registry
+        .all()
+        .filter(|t| gv_path(&t.group, &t.version) == path)
+        .cloned()
+        .collect();
     if types.is_empty() {
         return None;
     }
@@ -217,7 +259,11 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
         let name = schema_name(t);
         let reference = json!({"$ref": format!("#/components/schemas/{name}")});
         let mut content = serde_json::Map::new();
-        let mut patch_types = vec!["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"];
+        let mut patch_types = vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+        ];
         if t.behaviour != crate::resources::Behaviour::Custom {
             patch_types.push("application/strategic-merge-patch+json");
         }
@@ -225,7 +271,15 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
             content.insert(media.into(), json!({"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}}));
         }
         let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-        let prefix = format!("/{}{}", gv_path(&t.group, &t.version), if t.namespaced { "/namespaces/{namespace}" } else { "" });
+        let prefix = format!(
+            "/{}{}",
+            gv_path(&t.group, &t.version),
+            if t.namespaced {
+                "/namespaces/{namespace}"
+            } else {
+                ""
+            }
+        );
         let item_path = format!("{prefix}/{}/{{name}}", t.plural);
         let responses = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
         paths.insert(
@@ -261,7 +315,9 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
                 }
                 schema
             }
-            None => json!({"type": "object", "description": format!("{} of the {} API.", t.kind, if t.group.is_empty() { "core" } else { &t.group })}),
+            None => {
+                json!({"type": "object", "description": format!("{} of the {} API.", t.kind, if t.group.is_empty() { "core" } else { &t.group })})
+            }
         };
         schemas.insert(name, schema);
     }

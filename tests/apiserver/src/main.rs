@@ -41,7 +41,10 @@ async fn main() -> ExitCode {
             return fail(first.strip_prefix("error: ").unwrap_or(first));
         }
     };
-    let options = test_apiserver::Options { listen: cli.listen, ..Default::default() };
+    let options = test_apiserver::Options {
+        listen: cli.listen,
+        ..Default::default()
+    };
     let server = match test_apiserver::ApiServer::start(options).await {
         Ok(server) => server,
         Err(error) => return fail(format_args!("cannot listen on {}: {error}", cli.listen)),
@@ -49,7 +52,10 @@ async fn main() -> ExitCode {
     if let Some(path) = &cli.kubeconfig
         && let Err(error) = server.write_kubeconfig(path)
     {
-        return fail(format_args!("cannot write the kubeconfig {}: {error}", path.display()));
+        return fail(format_args!(
+            "cannot write the kubeconfig {}: {error}",
+            path.display()
+        ));
     }
     eprintln!("test-apiserver serving on {}", server.url());
     let (Ok(mut terminate), Ok(mut interrupt)) = (

@@ -27,13 +27,18 @@ fn object_mut(value: &mut Value) -> &mut Map<String, Value> {
 
 /// `value[key]` as an object, created when missing or not an object.
 pub fn child<'a>(value: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    let slot = object_mut(value).entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let slot = object_mut(value)
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
     object_mut(slot)
 }
 
 /// Sets a default where the field is missing, null or "" (the Go defaulters test `== ""`).
 fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
-    if map.get(key).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+    if map
+        .get(key)
+        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+    {
         map.insert(key.to_string(), value);
     }
 }
@@ -50,10 +55,14 @@ pub fn prepare_create(kind: &ResourceType, object: &mut Value, cluster_ip: &str)
             set_default(object_mut(object), "type", "Opaque".into());
         }
         Behaviour::Namespace => {
-            let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             child(object, "spec").insert("finalizers".into(), json!(["kubernetes"]));
             child(object, "status").insert("phase".into(), "Active".into());
-            child(child_value(object, "metadata"), "labels").insert("kubernetes.io/metadata.name".into(), name.into());
+            child(child_value(object, "metadata"), "labels")
+                .insert("kubernetes.io/metadata.name".into(), name.into());
         }
         Behaviour::CustomResourceDefinition => default_crd(object),
         Behaviour::Custom | Behaviour::Plain => {}
@@ -61,7 +70,9 @@ pub fn prepare_create(kind: &ResourceType, object: &mut Value, cluster_ip: &str)
 }
 
 fn child_value<'a>(value: &'a mut Value, key: &str) -> &'a mut Value {
-    object_mut(value).entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()))
+    object_mut(value)
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()))
 }
 
 fn default_pod(pod: &mut Value) {
@@ -80,24 +91,53 @@ fn default_pod(pod: &mut Value) {
     let mut requests_everywhere = true;
     let mut any_resources = false;
     for list in ["initContainers", "containers"] {
-        for container in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-            let Some(c) = container.as_object_mut() else { continue };
+        for container in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(c) = container.as_object_mut() else {
+                continue;
+            };
             set_default(c, "terminationMessagePath", "/dev/termination-log".into());
             set_default(c, "terminationMessagePolicy", "File".into());
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, tag)| tag);
-            let policy = if image.contains('@') || tag.is_some_and(|t| t != "latest") { "IfNotPresent" } else { "Always" };
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, tag)| tag);
+            let policy = if image.contains('@') || tag.is_some_and(|t| t != "latest") {
+                "IfNotPresent"
+            } else {
+                "Always"
+            };
             set_default(c, "imagePullPolicy", policy.into());
             set_default(c, "resources", json!({}));
             let resources = &c["resources"];
-            let limits = resources.get("limits").and_then(Value::as_object).filter(|l| !l.is_empty());
-            let requests = resources.get("requests").and_then(Value::as_object).filter(|r| !r.is_empty());
+            let limits = resources
+                .get("limits")
+                .and_then(Value::as_object)
+                .filter(|l| !l.is_empty());
+            let requests = resources
+                .get("requests")
+                .and_then(Value::as_object)
+                .filter(|r| !r.is_empty());
             any_resources |= limits.is_some() || requests.is_some();
             let guaranteed = limits.is_some_and(|l| {
-                ["cpu", "memory"].iter().all(|r| l.contains_key(*r) && requests.is_none_or(|q| q.get(*r).is_none_or(|v| Some(v) == l.get(*r))))
+                ["cpu", "memory"].iter().all(|r| {
+                    l.contains_key(*r)
+                        && requests.is_none_or(|q| q.get(*r).is_none_or(|v| Some(v) == l.get(*r)))
+                })
             });
             requests_everywhere &= guaranteed;
-            for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for port in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(p) = port.as_object_mut() {
                     set_default(p, "protocol", "TCP".into());
                 }
@@ -126,7 +166,12 @@ fn default_service(service: &mut Value, cluster_ip: &str) {
         set_default(spec, "ipFamilyPolicy", "SingleStack".into());
         set_default(spec, "internalTrafficPolicy", "Cluster".into());
     }
-    for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for port in spec
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = port.as_object_mut() {
             set_default(p, "protocol", "TCP".into());
             let number = p.get("port").cloned().unwrap_or(Value::Null);
@@ -137,7 +182,11 @@ fn default_service(service: &mut Value, cluster_ip: &str) {
 }
 
 fn default_crd(crd: &mut Value) {
-    let kind = crd.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = crd
+        .pointer("/spec/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let names = child(child_value(crd, "spec"), "names");
     set_default(names, "singular", kind.to_lowercase().into());
     set_default(names, "listKind", format!("{kind}List").into());
@@ -157,8 +206,15 @@ pub fn crd_status(crd: &mut Value) {
         .filter(|v| v["storage"].as_bool() == Some(true))
         .map(|v| v["name"].clone())
         .collect();
-    let now = crd.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null);
-    let stored = crd.pointer("/status/storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let now = crd
+        .pointer("/metadata/creationTimestamp")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let stored = crd
+        .pointer("/status/storedVersions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut stored_versions = stored;
     for version in storage {
         if !stored_versions.contains(&version) {
@@ -181,7 +237,12 @@ pub fn crd_status(crd: &mut Value) {
 /// base64, or the request is a 400 as the real decoder makes it.
 pub fn normalize_secret(secret: &mut Value) -> Result<(), Status> {
     let engine = base64::engine::general_purpose::STANDARD;
-    for (key, value) in secret.get("data").and_then(Value::as_object).into_iter().flatten() {
+    for (key, value) in secret
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         let text = value.as_str().unwrap_or("");
         if engine.decode(text).is_err() {
             return Err(Status::bad_request(format!(
@@ -218,7 +279,9 @@ fn qualified_name_error(key: &str) -> Option<String> {
     if name.len() > 63 {
         return Some("name part must be no more than 63 characters".into());
     }
-    let ok = regex::Regex::new(&format!("^{NAME}$")).map(|r| r.is_match(name)).unwrap_or(false);
+    let ok = regex::Regex::new(&format!("^{NAME}$"))
+        .map(|r| r.is_match(name))
+        .unwrap_or(false);
     (!ok).then(|| format!("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '{NAME}')"))
 }
 
@@ -227,7 +290,9 @@ fn label_value_error(value: &str) -> Option<String> {
     if value.len() > 63 {
         return Some("must be no more than 63 characters".into());
     }
-    let ok = regex::Regex::new(&format!("^{VALUE}$")).map(|r| r.is_match(value)).unwrap_or(false);
+    let ok = regex::Regex::new(&format!("^{VALUE}$"))
+        .map(|r| r.is_match(value))
+        .unwrap_or(false);
     (!ok).then(|| format!("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '{VALUE}')"))
 }
 
@@ -236,16 +301,28 @@ pub fn validate_metadata(kind: &ResourceType, object: &Value) -> Vec<FieldError>
     let mut errors = Vec::new();
     let meta = &object["metadata"];
     match meta["name"].as_str().unwrap_or("") {
-        "" => errors.push(FieldError::required("metadata.name", "name or generateName is required")),
+        "" => errors.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
         name => {
             for message in validate_name(kind.name_rule, name) {
                 errors.push(FieldError::invalid("metadata.name", name.into(), message));
             }
         }
     }
-    for (key, value) in meta.get("labels").and_then(Value::as_object).into_iter().flatten() {
+    for (key, value) in meta
+        .get("labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         if let Some(message) = qualified_name_error(key) {
-            errors.push(FieldError::invalid("metadata.labels", key.clone().into(), message));
+            errors.push(FieldError::invalid(
+                "metadata.labels",
+                key.clone().into(),
+                message,
+            ));
         }
         match value.as_str() {
             Some(text) => {
@@ -253,15 +330,33 @@ pub fn validate_metadata(kind: &ResourceType, object: &Value) -> Vec<FieldError>
                     errors.push(FieldError::invalid("metadata.labels", text.into(), message));
                 }
             }
-            None => errors.push(FieldError::invalid("metadata.labels", value.clone(), "must be a string")),
+            None => errors.push(FieldError::invalid(
+                "metadata.labels",
+                value.clone(),
+                "must be a string",
+            )),
         }
     }
-    for key in meta.get("annotations").and_then(Value::as_object).into_iter().flat_map(|a| a.keys()) {
+    for key in meta
+        .get("annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|a| a.keys())
+    {
         if let Some(message) = qualified_name_error(key) {
-            errors.push(FieldError::invalid("metadata.annotations", key.clone().into(), message));
+            errors.push(FieldError::invalid(
+                "metadata.annotations",
+                key.clone().into(),
+                message,
+            ));
         }
     }
-    for finalizer in meta.get("finalizers").and_then(Value::as_array).into_iter().flatten() {
+    for finalizer in meta
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let text = finalizer.as_str().unwrap_or("");
         if !text.contains('/') && !matches!(text, "kubernetes" | "orphan" | "foregroundDeletion") {
             errors.push(FieldError::invalid(
@@ -282,15 +377,27 @@ pub fn validate_kind(kind: &ResourceType, object: &Value) -> Vec<FieldError> {
             Some(containers) if !containers.is_empty() => {
                 for (i, c) in containers.iter().enumerate() {
                     match c["name"].as_str().unwrap_or("") {
-                        "" => errors.push(FieldError::required(format!("spec.containers[{i}].name"), "")),
+                        "" => errors.push(FieldError::required(
+                            format!("spec.containers[{i}].name"),
+                            "",
+                        )),
                         name => {
-                            for message in validate_name(crate::resources::NameRule::Dns1123Label, name) {
-                                errors.push(FieldError::invalid(format!("spec.containers[{i}].name"), name.into(), message));
+                            for message in
+                                validate_name(crate::resources::NameRule::Dns1123Label, name)
+                            {
+                                errors.push(FieldError::invalid(
+                                    format!("spec.containers[{i}].name"),
+                                    name.into(),
+                                    message,
+                                ));
                             }
                         }
                     }
                     if c["image"].as_str().unwrap_or("").is_empty() {
-                        errors.push(FieldError::required(format!("spec.containers[{i}].image"), ""));
+                        errors.push(FieldError::required(
+                            format!("spec.containers[{i}].image"),
+                            "",
+                        ));
                     }
                 }
             }
@@ -303,7 +410,9 @@ pub fn validate_kind(kind: &ResourceType, object: &Value) -> Vec<FieldError> {
 /// Pod spec fields an update may change (the real `ValidatePodUpdate`); anything else is a
 /// 422 with the real message.
 pub fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
-    let (Some(new_spec), Some(old_spec)) = (new.get("spec"), old.get("spec")) else { return Vec::new() };
+    let (Some(new_spec), Some(old_spec)) = (new.get("spec"), old.get("spec")) else {
+        return Vec::new();
+    };
     let mut allowed = old_spec.clone();
     for list in ["containers", "initContainers"] {
         let new_list = new_spec.get(list).and_then(Value::as_array);
@@ -318,7 +427,11 @@ pub fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
         }
     }
     if let Some(a) = allowed.as_object_mut() {
-        for field in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"] {
+        for field in [
+            "activeDeadlineSeconds",
+            "tolerations",
+            "terminationGracePeriodSeconds",
+        ] {
             match new_spec.get(field) {
                 Some(v) => a.insert(field.into(), v.clone()),
                 None => a.remove(field),
@@ -389,9 +502,15 @@ mod tests {
         let pods = registry.find("", "v1", "pods").expect("pods");
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "redis:7"}]}, "status": {"phase": "Running"}});
         prepare_create(&pods, &mut pod, "");
-        assert_eq!(pod["status"], json!({"phase": "Pending", "qosClass": "BestEffort"}));
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending", "qosClass": "BestEffort"})
+        );
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
-        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 
     #[test]
@@ -408,7 +527,12 @@ mod tests {
         let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"b": "y"}});
         normalize_secret(&mut secret).expect("valid");
         assert_eq!(secret, json!({"data": {"a": "eA==", "b": "eQ=="}}));
-        assert_eq!(normalize_secret(&mut json!({"data": {"a": "!!"}})).expect_err("bad").code, 400);
+        assert_eq!(
+            normalize_secret(&mut json!({"data": {"a": "!!"}}))
+                .expect_err("bad")
+                .code,
+            400
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ impl PatchType {
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/json-patch+json" => Some(PatchType::Json),
             "application/strategic-merge-patch+json" => Some(PatchType::StrategicMerge),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -37,12 +39,16 @@ pub fn apply(patch_type: PatchType, current: &Value, body: &[u8]) -> Result<Valu
             Ok(patched)
         }
         PatchType::Json => {
-            let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| Status::bad_request(e.to_string()))?;
+            let patch: json_patch::Patch =
+                serde_json::from_slice(body).map_err(|e| Status::bad_request(e.to_string()))?;
             if patch.0.len() > 10000 {
                 return Err(Status {
                     code: 413,
                     reason: "RequestEntityTooLarge",
-                    message: format!("The allowed maximum operations in a JSON patch is 10000, got {}", patch.0.len()),
+                    message: format!(
+                        "The allowed maximum operations in a JSON patch is 10000, got {}",
+                        patch.0.len()
+                    ),
                     details: None,
                 });
             }
@@ -56,12 +62,15 @@ pub fn apply(patch_type: PatchType, current: &Value, body: &[u8]) -> Result<Valu
             strategic_merge(&mut patched, &patch).map_err(Status::bad_request)?;
             Ok(patched)
         }
-        PatchType::Apply => Err(Status::unsupported_media_type("application/apply-patch+yaml")),
+        PatchType::Apply => Err(Status::unsupported_media_type(
+            "application/apply-patch+yaml",
+        )),
     }
 }
 
 fn decode_object_patch(body: &[u8]) -> Result<Value, Status> {
-    let patch: Value = serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
     if !patch.is_object() {
         return Err(Status::bad_request(format!(
             "error decoding patch: json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
@@ -86,8 +95,16 @@ fn json_type(value: &Value) -> &'static str {
 /// what the items carry: container ports merge on `containerPort`, service ports on `port`).
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "resourceClaims" | "ephemeralContainerStatuses" | "containerStatuses" | "initContainerStatuses" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "ephemeralContainerStatuses"
+        | "containerStatuses"
+        | "initContainerStatuses" => Some("name"),
         "volumeMounts" | "volumeDevices" => Some("mountPath"),
         "conditions" => Some("type"),
         "ownerReferences" => Some("uid"),
@@ -133,7 +150,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> 
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let Some(target_map) = target.as_object_mut() else { return Ok(()) };
+    let Some(target_map) = target.as_object_mut() else {
+        return Ok(());
+    };
     if let Some(retain) = patch_map.get("$retainKeys") {
         let keys: Vec<&str> = retain
             .as_array()
@@ -183,9 +202,18 @@ fn merge_list(field: &str, current: Option<Value>, patch_items: &[Value]) -> Res
         Some(Value::Array(list)) => list,
         _ => Vec::new(),
     };
-    if let Some(replace) = patch_items.iter().find(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if let Some(replace) = patch_items
+        .iter()
+        .find(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         let _ = replace;
-        return Ok(Value::Array(patch_items.iter().filter(|i| i.get("$patch").is_none()).cloned().collect()));
+        return Ok(Value::Array(
+            patch_items
+                .iter()
+                .filter(|i| i.get("$patch").is_none())
+                .cloned()
+                .collect(),
+        ));
     }
     let mut keyed_items = list.clone();
     keyed_items.extend(patch_items.iter().cloned());
@@ -193,7 +221,9 @@ fn merge_list(field: &str, current: Option<Value>, patch_items: &[Value]) -> Res
         Some(key) if patch_items.iter().all(Value::is_object) => {
             for item in patch_items {
                 let id = item.get(key);
-                let position = list.iter().position(|existing| id.is_some() && existing.get(key) == id);
+                let position = list
+                    .iter()
+                    .position(|existing| id.is_some() && existing.get(key) == id);
                 let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
                 match (position, delete) {
                     (Some(i), true) => {
@@ -230,23 +260,58 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_removes() {
         let current = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": 1}});
-        let patched = apply(PatchType::Merge, &current, br#"{"metadata":{"labels":{"a":null,"c":"3"}}}"#).expect("applies");
+        let patched = apply(
+            PatchType::Merge,
+            &current,
+            br#"{"metadata":{"labels":{"a":null,"c":"3"}}}"#,
+        )
+        .expect("applies");
         assert_eq!(patched["metadata"]["labels"], json!({"b": "2", "c": "3"}));
-        assert_eq!(apply(PatchType::Merge, &current, b"[1]").expect_err("array").code, 400);
-        assert_eq!(apply(PatchType::Merge, &current, b"{nope").expect_err("bad json").code, 400);
+        assert_eq!(
+            apply(PatchType::Merge, &current, b"[1]")
+                .expect_err("array")
+                .code,
+            400
+        );
+        assert_eq!(
+            apply(PatchType::Merge, &current, b"{nope")
+                .expect_err("bad json")
+                .code,
+            400
+        );
     }
 
     #[test]
     fn json_patch_test_failure_is_the_real_422() {
         let current = json!({"metadata": {"resourceVersion": "5", "annotations": {"a": "1"}}});
         let ok = br#"[{"op":"test","path":"/metadata/resourceVersion","value":"5"},{"op":"replace","path":"/metadata/annotations/a","value":"2"}]"#;
-        assert_eq!(apply(PatchType::Json, &current, ok).expect("applies")["metadata"]["annotations"]["a"], "2");
+        assert_eq!(
+            apply(PatchType::Json, &current, ok).expect("applies")["metadata"]["annotations"]["a"],
+            "2"
+        );
         let stale = br#"[{"op":"test","path":"/metadata/resourceVersion","value":"4"},{"op":"replace","path":"/metadata/annotations/a","value":"2"}]"#;
         let error = apply(PatchType::Json, &current, stale).expect_err("test fails");
         assert_eq!((error.code, error.reason), (422, "Invalid"));
-        assert_eq!(error.message, "the server rejected our request due to an error in our request");
-        assert_eq!(apply(PatchType::Json, &current, br#"{"op":"add"}"#).expect_err("not a list").code, 400);
-        assert_eq!(apply(PatchType::Json, &current, br#"[{"op":"remove","path":"/nope"}]"#).expect_err("missing").code, 422);
+        assert_eq!(
+            error.message,
+            "the server rejected our request due to an error in our request"
+        );
+        assert_eq!(
+            apply(PatchType::Json, &current, br#"{"op":"add"}"#)
+                .expect_err("not a list")
+                .code,
+            400
+        );
+        assert_eq!(
+            apply(
+                PatchType::Json,
+                &current,
+                br#"[{"op":"remove","path":"/nope"}]"#
+            )
+            .expect_err("missing")
+            .code,
+            422
+        );
     }
 
     #[test]
@@ -265,16 +330,33 @@ mod tests {
         });
         let mut patched = current.clone();
         strategic_merge(&mut patched, &patch).expect("applies");
-        assert_eq!(patched["spec"]["containers"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            patched["spec"]["containers"].as_array().map(Vec::len),
+            Some(1)
+        );
         assert_eq!(patched["spec"]["containers"][0]["image"], "a:2");
-        assert_eq!(patched["spec"]["containers"][0]["env"].as_array().map(Vec::len), Some(2));
-        assert_eq!(patched["spec"]["tolerations"], json!([{"key": "t2"}]), "lists without a merge key are replaced");
+        assert_eq!(
+            patched["spec"]["containers"][0]["env"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(
+            patched["spec"]["tolerations"],
+            json!([{"key": "t2"}]),
+            "lists without a merge key are replaced"
+        );
         assert_eq!(patched["metadata"]["finalizers"], json!(["f1", "f2"]));
         let mut replaced = current.clone();
-        strategic_merge(&mut replaced, &json!({"spec": {"$patch": "replace", "x": 1}})).expect("applies");
+        strategic_merge(
+            &mut replaced,
+            &json!({"spec": {"$patch": "replace", "x": 1}}),
+        )
+        .expect("applies");
         assert_eq!(replaced["spec"], json!({"x": 1}));
         let mut retained = json!({"a": 1, "b": 2});
-        strategic_merge(&mut retained, &json!({"$retainKeys": ["b", "c"], "c": 3})).expect("applies");
+        strategic_merge(&mut retained, &json!({"$retainKeys": ["b", "c"], "c": 3}))
+            .expect("applies");
         assert_eq!(retained, json!({"b": 2, "c": 3}));
         assert!(strategic_merge(&mut json!({}), &json!({"$bogus": 1})).is_err());
     }

@@ -15,7 +15,6 @@ const MAGIC: &[u8] = b"k8s\x00";
 #[derive(Clone, Copy)]
 enum Kind {
     Str,
-    Bytes,
     Int,
     Bool,
     Time,
@@ -33,11 +32,21 @@ struct Field {
 }
 
 const fn f(number: u64, name: &'static str, kind: Kind) -> Field {
-    Field { number, name, kind, repeated: false }
+    Field {
+        number,
+        name,
+        kind,
+        repeated: false,
+    }
 }
 
 const fn list(number: u64, name: &'static str, kind: Kind) -> Field {
-    Field { number, name, kind, repeated: true }
+    Field {
+        number,
+        name,
+        kind,
+        repeated: true,
+    }
 }
 
 const OWNER_REFERENCE: &[Field] = &[
@@ -92,8 +101,12 @@ const SECRET: &[Field] = &[
     f(5, "immutable", Kind::Bool),
 ];
 
-const CONFIG_MAP: &[Field] =
-    &[METADATA, f(2, "data", Kind::StrMap), f(3, "binaryData", Kind::BytesMap), f(4, "immutable", Kind::Bool)];
+const CONFIG_MAP: &[Field] = &[
+    METADATA,
+    f(2, "data", Kind::StrMap),
+    f(3, "binaryData", Kind::BytesMap),
+    f(4, "immutable", Kind::Bool),
+];
 
 const SERVICE_ACCOUNT: &[Field] = &[
     METADATA,
@@ -117,14 +130,31 @@ const BINDING: &[Field] = &[
     list(
         2,
         "subjects",
-        Kind::Msg(&[f(1, "kind", Kind::Str), f(2, "apiGroup", Kind::Str), f(3, "name", Kind::Str), f(4, "namespace", Kind::Str)]),
+        Kind::Msg(&[
+            f(1, "kind", Kind::Str),
+            f(2, "apiGroup", Kind::Str),
+            f(3, "name", Kind::Str),
+            f(4, "namespace", Kind::Str),
+        ]),
     ),
-    f(3, "roleRef", Kind::Msg(&[f(1, "apiGroup", Kind::Str), f(2, "kind", Kind::Str), f(3, "name", Kind::Str)])),
+    f(
+        3,
+        "roleRef",
+        Kind::Msg(&[
+            f(1, "apiGroup", Kind::Str),
+            f(2, "kind", Kind::Str),
+            f(3, "name", Kind::Str),
+        ]),
+    ),
 ];
 
 const DELETE_OPTIONS: &[Field] = &[
     f(1, "gracePeriodSeconds", Kind::Int),
-    f(2, "preconditions", Kind::Msg(&[f(1, "uid", Kind::Str), f(2, "resourceVersion", Kind::Str)])),
+    f(
+        2,
+        "preconditions",
+        Kind::Msg(&[f(1, "uid", Kind::Str), f(2, "resourceVersion", Kind::Str)]),
+    ),
     f(3, "orphanDependents", Kind::Bool),
     f(4, "propagationPolicy", Kind::Str),
     list(5, "dryRun", Kind::Str),
@@ -135,7 +165,20 @@ const TOKEN_REQUEST: &[Field] = &[
     f(
         2,
         "spec",
-        Kind::Msg(&[list(1, "audiences", Kind::Str), f(4, "expirationSeconds", Kind::Int), f(3, "boundObjectRef", Kind::Msg(&[f(1, "kind", Kind::Str), f(2, "apiVersion", Kind::Str), f(3, "name", Kind::Str), f(4, "uid", Kind::Str)]))]),
+        Kind::Msg(&[
+            list(1, "audiences", Kind::Str),
+            f(4, "expirationSeconds", Kind::Int),
+            f(
+                3,
+                "boundObjectRef",
+                Kind::Msg(&[
+                    f(1, "kind", Kind::Str),
+                    f(2, "apiVersion", Kind::Str),
+                    f(3, "name", Kind::Str),
+                    f(4, "uid", Kind::Str),
+                ]),
+            ),
+        ]),
     ),
 ];
 
@@ -216,7 +259,9 @@ fn map_entry(bytes: &[u8], value_as_bytes: bool) -> Result<(String, Value), Stat
     while !reader.bytes.is_empty() {
         match reader.field()? {
             (1, Payload::Bytes(b)) => key = text(b)?,
-            (2, Payload::Bytes(b)) if value_as_bytes => value = base64::engine::general_purpose::STANDARD.encode(b).into(),
+            (2, Payload::Bytes(b)) if value_as_bytes => {
+                value = base64::engine::general_purpose::STANDARD.encode(b).into()
+            }
             (2, Payload::Bytes(b)) => value = text(b)?.into(),
             _ => {}
         }
@@ -244,21 +289,28 @@ fn message(bytes: &[u8], fields: &[Field], depth: usize) -> Result<Map<String, V
     let mut reader = Reader { bytes };
     while !reader.bytes.is_empty() {
         let (number, payload) = reader.field()?;
-        let Some(field) = fields.iter().find(|f| f.number == number) else { continue };
+        let Some(field) = fields.iter().find(|f| f.number == number) else {
+            continue;
+        };
         // Go writes every non-pointer field, zero values included; the JSON encoding omits
         // them (omitempty), so they are dropped here.
         let value = match (field.kind, payload) {
-            (Kind::Str, Payload::Bytes([])) | (Kind::Int, Payload::Varint(0)) if !field.repeated && field.name != "gracePeriodSeconds" => continue,
+            (Kind::Str, Payload::Bytes([])) | (Kind::Int, Payload::Varint(0))
+                if !field.repeated && field.name != "gracePeriodSeconds" =>
+            {
+                continue;
+            }
             (Kind::Time, Payload::Bytes([])) => continue,
             (Kind::Str, Payload::Bytes(b)) => text(b)?.into(),
-            (Kind::Bytes, Payload::Bytes(b)) => base64::engine::general_purpose::STANDARD.encode(b).into(),
             (Kind::Int, Payload::Varint(v)) => (v as i64).into(),
             (Kind::Bool, Payload::Varint(v)) => (v != 0).into(),
             (Kind::Time, Payload::Bytes(b)) => time(b)?,
             (Kind::Msg(inner), Payload::Bytes(b)) => Value::Object(message(b, inner, depth + 1)?),
             (Kind::StrMap | Kind::BytesMap, Payload::Bytes(b)) => {
                 let (key, value) = map_entry(b, matches!(field.kind, Kind::BytesMap))?;
-                let entry = object.entry(field.name).or_insert_with(|| Value::Object(Map::new()));
+                let entry = object
+                    .entry(field.name)
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if let Some(map) = entry.as_object_mut() {
                     map.insert(key, value);
                 }
@@ -267,7 +319,9 @@ fn message(bytes: &[u8], fields: &[Field], depth: usize) -> Result<Map<String, V
             _ => return Err(malformed()),
         };
         if field.repeated {
-            let entry = object.entry(field.name).or_insert_with(|| Value::Array(Vec::new()));
+            let entry = object
+                .entry(field.name)
+                .or_insert_with(|| Value::Array(Vec::new()));
             if let Some(items) = entry.as_array_mut() {
                 items.push(value);
             }
@@ -280,16 +334,30 @@ fn message(bytes: &[u8], fields: &[Field], depth: usize) -> Result<Map<String, V
 
 /// Decodes a protobuf request body (the `k8s\0` envelope around a runtime.Unknown) to JSON.
 pub fn decode(body: &[u8]) -> Result<Value, Status> {
-    let unknown = body.strip_prefix(MAGIC).ok_or_else(|| Status::bad_request("the protobuf body lacks the k8s envelope"))?;
+    let unknown = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| Status::bad_request("the protobuf body lacks the k8s envelope"))?;
     let mut reader = Reader { bytes: unknown };
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
     while !reader.bytes.is_empty() {
         match reader.field()? {
             (1, Payload::Bytes(type_meta)) => {
                 // runtime.TypeMeta: apiVersion = 1, kind = 2 (unlike meta/v1's TypeMeta).
-                let meta = message(type_meta, &[f(1, "apiVersion", Kind::Str), f(2, "kind", Kind::Str)], 0)?;
-                kind = meta.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-                api_version = meta.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+                let meta = message(
+                    type_meta,
+                    &[f(1, "apiVersion", Kind::Str), f(2, "kind", Kind::Str)],
+                    0,
+                )?;
+                kind = meta
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                api_version = meta
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
             }
             (2, Payload::Bytes(bytes)) => raw = bytes,
             _ => {}
@@ -298,7 +366,9 @@ pub fn decode(body: &[u8]) -> Result<Value, Status> {
     let fields = schema(&api_version, &kind).ok_or_else(|| Status {
         code: 415,
         reason: "UnsupportedMediaType",
-        message: format!("this test API server cannot decode {kind} ({api_version}) from protobuf; send JSON"),
+        message: format!(
+            "this test API server cannot decode {kind} ({api_version}) from protobuf; send JSON"
+        ),
         details: None,
     })?;
     let mut object = message(raw, fields, 0)?;
@@ -326,10 +396,25 @@ mod tests {
     fn decodes_a_secret_as_kubectl_sends_it() {
         let type_meta = [bytes_field(1, b"v1"), bytes_field(2, b"Secret")].concat();
         let labels = [bytes_field(1, b"app"), bytes_field(2, b"redis")].concat();
-        let meta = [bytes_field(1, b"auth"), bytes_field(11, &labels), vec![key(7, 0), 3]].concat();
+        let meta = [
+            bytes_field(1, b"auth"),
+            bytes_field(11, &labels),
+            vec![key(7, 0), 3],
+        ]
+        .concat();
         let data = [bytes_field(1, b"password"), bytes_field(2, b"x")].concat();
-        let secret = [bytes_field(1, &meta), bytes_field(2, &data), bytes_field(3, b"Opaque")].concat();
-        let body = [MAGIC.to_vec(), bytes_field(1, &type_meta), bytes_field(2, &secret)].concat();
+        let secret = [
+            bytes_field(1, &meta),
+            bytes_field(2, &data),
+            bytes_field(3, b"Opaque"),
+        ]
+        .concat();
+        let body = [
+            MAGIC.to_vec(),
+            bytes_field(1, &type_meta),
+            bytes_field(2, &secret),
+        ]
+        .concat();
         assert_eq!(
             decode(&body).expect("decodes"),
             json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"password": "eA=="},
@@ -346,6 +431,14 @@ mod tests {
         for cut in 0..body.len() {
             let _ = decode(&body[..cut]);
         }
-        let _ = decode(&[MAGIC, &[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]].concat());
+        let _ = decode(
+            &[
+                MAGIC,
+                &[
+                    0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                ][..],
+            ]
+            .concat(),
+        );
     }
 }

@@ -43,7 +43,11 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -54,7 +58,10 @@ impl Query {
     pub fn integer(&self, key: &str) -> Result<Option<i64>, Status> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| Status::bad_request(format!("invalid value for {key}: {v:?}"))),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| Status::bad_request(format!("invalid value for {key}: {v:?}"))),
         }
     }
 }
@@ -98,7 +105,10 @@ pub fn negotiate(accept: &str, query: &Query) -> Result<Output, Status> {
                 _ => {}
             }
         }
-        if !matches!(base, "application/json" | "*/*" | "application/*" | "application/yaml") {
+        if !matches!(
+            base,
+            "application/json" | "*/*" | "application/*" | "application/yaml"
+        ) {
             continue;
         }
         match (as_, group, version) {
@@ -116,10 +126,16 @@ pub fn negotiate(accept: &str, query: &Query) -> Result<Output, Status> {
                 };
                 return Ok(Output::Table(include));
             }
-            ("PartialObjectMetadata" | "PartialObjectMetadataList", "meta.k8s.io", "v1" | "v1beta1") => {
+            (
+                "PartialObjectMetadata" | "PartialObjectMetadataList",
+                "meta.k8s.io",
+                "v1" | "v1beta1",
+            ) => {
                 return Ok(Output::Metadata);
             }
-            ("APIGroupDiscoveryList", "apidiscovery.k8s.io", "v2") => return Ok(Output::AggregatedDiscovery),
+            ("APIGroupDiscoveryList", "apidiscovery.k8s.io", "v2") => {
+                return Ok(Output::AggregatedDiscovery);
+            }
             _ => continue,
         }
     }
@@ -147,23 +163,57 @@ mod tests {
     fn negotiation_takes_the_first_supported_type() {
         let none = Query::parse(Some("&includeObject=Object"));
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(negotiate(kubectl, &none).expect("table"), Output::Table(IncludeObject::Object));
-        assert_eq!(negotiate(kubectl, &Query::default()).expect("table"), Output::Table(IncludeObject::Metadata));
+        assert_eq!(
+            negotiate(kubectl, &none).expect("table"),
+            Output::Table(IncludeObject::Object)
+        );
+        assert_eq!(
+            negotiate(kubectl, &Query::default()).expect("table"),
+            Output::Table(IncludeObject::Metadata)
+        );
         let kube_rs = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
         assert_eq!(negotiate(kube_rs, &none).expect("meta"), Output::Metadata);
-        assert_eq!(negotiate("application/vnd.kubernetes.protobuf,application/json", &none).expect("json"), Output::Full);
-        assert_eq!(negotiate("application/vnd.kubernetes.protobuf", &none).expect_err("406").code, 406);
+        assert_eq!(
+            negotiate(
+                "application/vnd.kubernetes.protobuf,application/json",
+                &none
+            )
+            .expect("json"),
+            Output::Full
+        );
+        assert_eq!(
+            negotiate("application/vnd.kubernetes.protobuf", &none)
+                .expect_err("406")
+                .code,
+            406
+        );
         let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(negotiate(discovery, &none).expect("aggregated"), Output::AggregatedDiscovery);
-        assert_eq!(negotiate(kubectl, &Query::parse(Some("includeObject=Bogus"))).expect_err("400").code, 400);
+        assert_eq!(
+            negotiate(discovery, &none).expect("aggregated"),
+            Output::AggregatedDiscovery
+        );
+        assert_eq!(
+            negotiate(kubectl, &Query::parse(Some("includeObject=Bogus")))
+                .expect_err("400")
+                .code,
+            400
+        );
     }
 
     #[test]
     fn queries_skip_empty_pairs() {
-        let q = Query::parse(Some("&watch=true&timeoutSeconds=290&&labelSelector=app%3Dweb"));
+        let q = Query::parse(Some(
+            "&watch=true&timeoutSeconds=290&&labelSelector=app%3Dweb",
+        ));
         assert!(q.flag("watch"));
         assert_eq!(q.integer("timeoutSeconds").expect("number"), Some(290));
         assert_eq!(q.get("labelSelector"), Some("app=web"));
-        assert_eq!(Query::parse(Some("limit=x")).integer("limit").expect_err("bad").code, 400);
+        assert_eq!(
+            Query::parse(Some("limit=x"))
+                .integer("limit")
+                .expect_err("bad")
+                .code,
+            400
+        );
     }
 }

@@ -19,14 +19,21 @@ pub struct GroupResource {
 
 impl GroupResource {
     pub fn new(group: &str, resource: &str) -> Self {
-        GroupResource { group: group.to_string(), resource: resource.to_string() }
+        GroupResource {
+            group: group.to_string(),
+            resource: resource.to_string(),
+        }
     }
 }
 
 impl std::fmt::Display for GroupResource {
     /// `pods`, `redispairs.redispair.io`: how the real server names a resource in messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() { write!(f, "{}", self.resource) } else { write!(f, "{}.{}", self.resource, self.group) }
+        if self.group.is_empty() {
+            write!(f, "{}", self.resource)
+        } else {
+            write!(f, "{}.{}", self.resource, self.group)
+        }
     }
 }
 
@@ -100,17 +107,34 @@ impl ResourceType {
     }
 
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// `RedisPair.redispair.io`, `Pod`: the qualified kind of Invalid messages.
     pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 
     /// Whether the request path selects this type ("pods", "po" is not a path).
     pub fn verbs(&self) -> Vec<&'static str> {
-        vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
 }
 
@@ -164,7 +188,10 @@ const BUILTINS: &[Builtin] = &[
         returns_object: true,
         ..builtin("", "Pod", "pods")
     },
-    Builtin { behaviour: Behaviour::Secret, ..builtin("", "Secret", "secrets") },
+    Builtin {
+        behaviour: Behaviour::Secret,
+        ..builtin("", "Secret", "secrets")
+    },
     Builtin {
         short_names: &["svc"],
         categories: &["all"],
@@ -174,10 +201,24 @@ const BUILTINS: &[Builtin] = &[
         returns_object: true,
         ..builtin("", "Service", "services")
     },
-    Builtin { short_names: &["sa"], ..builtin("", "ServiceAccount", "serviceaccounts") },
-    Builtin { short_names: &["cm"], ..builtin("", "ConfigMap", "configmaps") },
-    Builtin { short_names: &["ev"], name_rule: NameRule::PathSegment, ..builtin("", "Event", "events") },
-    Builtin { short_names: &["ev"], name_rule: NameRule::PathSegment, ..builtin("events.k8s.io", "Event", "events") },
+    Builtin {
+        short_names: &["sa"],
+        ..builtin("", "ServiceAccount", "serviceaccounts")
+    },
+    Builtin {
+        short_names: &["cm"],
+        ..builtin("", "ConfigMap", "configmaps")
+    },
+    Builtin {
+        short_names: &["ev"],
+        name_rule: NameRule::PathSegment,
+        ..builtin("", "Event", "events")
+    },
+    Builtin {
+        short_names: &["ev"],
+        name_rule: NameRule::PathSegment,
+        ..builtin("events.k8s.io", "Event", "events")
+    },
     builtin("coordination.k8s.io", "Lease", "leases"),
     Builtin {
         short_names: &["crd", "crds"],
@@ -187,7 +228,11 @@ const BUILTINS: &[Builtin] = &[
         behaviour: Behaviour::CustomResourceDefinition,
         generation: true,
         returns_object: true,
-        ..builtin("apiextensions.k8s.io", "CustomResourceDefinition", "customresourcedefinitions")
+        ..builtin(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        )
     },
     Builtin {
         short_names: &["deploy"],
@@ -214,17 +259,27 @@ const BUILTINS: &[Builtin] = &[
         generation: true,
         ..builtin("networking.k8s.io", "NetworkPolicy", "networkpolicies")
     },
-    Builtin { name_rule: NameRule::PathSegment, ..builtin("rbac.authorization.k8s.io", "Role", "roles") },
+    Builtin {
+        name_rule: NameRule::PathSegment,
+        ..builtin("rbac.authorization.k8s.io", "Role", "roles")
+    },
     Builtin {
         name_rule: NameRule::PathSegment,
         namespaced: false,
         ..builtin("rbac.authorization.k8s.io", "ClusterRole", "clusterroles")
     },
-    Builtin { name_rule: NameRule::PathSegment, ..builtin("rbac.authorization.k8s.io", "RoleBinding", "rolebindings") },
+    Builtin {
+        name_rule: NameRule::PathSegment,
+        ..builtin("rbac.authorization.k8s.io", "RoleBinding", "rolebindings")
+    },
     Builtin {
         name_rule: NameRule::PathSegment,
         namespaced: false,
-        ..builtin("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings")
+        ..builtin(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        )
     },
 ];
 
@@ -280,7 +335,10 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { builtins: builtin_types(), custom: BTreeMap::new() }
+        Registry {
+            builtins: builtin_types(),
+            custom: BTreeMap::new(),
+        }
     }
 }
 
@@ -290,13 +348,19 @@ impl Registry {
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
-        self.all().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
+        self.all()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
     }
 
     /// The type of a group resource in its storage version.
     pub fn storage_type(&self, resource: &GroupResource) -> Option<Arc<ResourceType>> {
         self.all()
-            .find(|t| t.group == resource.group && t.plural == resource.resource && t.version == t.storage_version)
+            .find(|t| {
+                t.group == resource.group
+                    && t.plural == resource.resource
+                    && t.version == t.storage_version
+            })
             .cloned()
     }
 
@@ -307,7 +371,8 @@ impl Registry {
     /// Groups in discovery order, each with its versions (the preferred one first).
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-        let mut add = |group: &str, version: &str| match groups.iter_mut().find(|(g, _)| g == group) {
+        let mut add = |group: &str, version: &str| match groups.iter_mut().find(|(g, _)| g == group)
+        {
             Some((_, versions)) => {
                 if !versions.iter().any(|v| v == version) {
                     versions.push(version.to_string());
@@ -323,7 +388,11 @@ impl Registry {
         // CRD groups after the built-ins, alphabetically, each version sorted as the
         // Kubernetes version priority (v2 > v1 > v1beta1) sorts them.
         let mut custom: Vec<&Arc<ResourceType>> = self.custom.values().flatten().collect();
-        custom.sort_by(|a, b| a.group.cmp(&b.group).then(version_priority(&b.version).cmp(&version_priority(&a.version))));
+        custom.sort_by(|a, b| {
+            a.group
+                .cmp(&b.group)
+                .then(version_priority(&b.version).cmp(&version_priority(&a.version)))
+        });
         for t in custom {
             add(&t.group, &t.version);
         }
@@ -331,7 +400,10 @@ impl Registry {
     }
 
     pub fn types_of(&self, group: &str, version: &str) -> Vec<Arc<ResourceType>> {
-        self.all().filter(|t| t.group == group && t.version == version).cloned().collect()
+        self.all()
+            .filter(|t| t.group == group && t.version == version)
+            .cloned()
+            .collect()
     }
 
     /// Serves the resources of an established CRD (replacing what it served before).
@@ -346,9 +418,13 @@ impl Registry {
 
 /// The ordering Kubernetes gives versions: GA above beta above alpha, higher numbers first.
 pub fn version_priority(version: &str) -> (u8, u64, u64) {
-    let Some(rest) = version.strip_prefix('v') else { return (0, 0, 0) };
+    let Some(rest) = version.strip_prefix('v') else {
+        return (0, 0, 0);
+    };
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let Ok(major) = digits.parse::<u64>() else { return (0, 0, 0) };
+    let Ok(major) = digits.parse::<u64>() else {
+        return (0, 0, 0);
+    };
     let tail = &rest[digits.len()..];
     let (stage, minor) = if tail.is_empty() {
         (3, 0)
@@ -370,7 +446,12 @@ fn strings_at(value: &Value, pointer: &str) -> Vec<String> {
     value
         .pointer(pointer)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -386,7 +467,11 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
     if group.is_empty() {
         errors.push(FieldError::required("spec.group", ""));
     } else if !group.contains('.') {
-        errors.push(FieldError::invalid("spec.group", group.into(), "should be a domain with at least one dot"));
+        errors.push(FieldError::invalid(
+            "spec.group",
+            group.into(),
+            "should be a domain with at least one dot",
+        ));
     }
     if plural.is_empty() {
         errors.push(FieldError::required("spec.names.plural", ""));
@@ -395,7 +480,11 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
         errors.push(FieldError::required("spec.names.kind", ""));
     }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
-        errors.push(FieldError::invalid("metadata.name", name.into(), "must be spec.names.plural+\".\"+spec.group"));
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            name.into(),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
     }
     if scope != "Namespaced" && scope != "Cluster" {
         errors.push(FieldError::not_supported(
@@ -404,11 +493,22 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
             &["Cluster".to_string(), "Namespaced".to_string()],
         ));
     }
-    let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if versions.is_empty() {
-        errors.push(FieldError::invalid("spec.versions", Value::Array(vec![]), "must have exactly one version marked as storage version"));
+        errors.push(FieldError::invalid(
+            "spec.versions",
+            Value::Array(vec![]),
+            "must have exactly one version marked as storage version",
+        ));
     }
-    let storage: Vec<&Value> = versions.iter().filter(|v| v["storage"].as_bool() == Some(true)).collect();
+    let storage: Vec<&Value> = versions
+        .iter()
+        .filter(|v| v["storage"].as_bool() == Some(true))
+        .collect();
     if !versions.is_empty() && storage.len() != 1 {
         errors.push(FieldError::invalid(
             "spec.versions",
@@ -416,7 +516,10 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
             "must have exactly one version marked as storage version",
         ));
     }
-    let storage_version = storage.first().map(|v| str_at(v, "/name").to_string()).unwrap_or_default();
+    let storage_version = storage
+        .first()
+        .map(|v| str_at(v, "/name").to_string())
+        .unwrap_or_default();
     let mut types = Vec::new();
     for (i, version) in versions.iter().enumerate() {
         let version_name = str_at(version, "/name");
@@ -486,7 +589,11 @@ pub fn custom_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, Vec<FieldErro
             openapi_schema: openapi,
         }));
     }
-    if errors.is_empty() { Ok(types) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(types)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Checks a name against its kind's rule; the messages are the real validators'.
@@ -495,7 +602,11 @@ pub fn validate_name(rule: NameRule, name: &str) -> Vec<String> {
     const LABEL: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
     const DNS1035: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
     let mut errors = Vec::new();
-    let matches = |pattern: &str| regex::Regex::new(&format!("^{pattern}$")).map(|r| r.is_match(name)).unwrap_or(false);
+    let matches = |pattern: &str| {
+        regex::Regex::new(&format!("^{pattern}$"))
+            .map(|r| r.is_match(name))
+            .unwrap_or(false)
+    };
     match rule {
         NameRule::Dns1123Subdomain => {
             if name.len() > 253 {
@@ -543,16 +654,25 @@ mod tests {
     fn version_priority_orders_ga_beta_alpha() {
         let mut versions = vec!["v1alpha1", "v1", "v2beta1", "v1beta2", "v2", "foo"];
         versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
-        assert_eq!(versions, vec!["v2", "v1", "v2beta1", "v1beta2", "v1alpha1", "foo"]);
+        assert_eq!(
+            versions,
+            vec!["v2", "v1", "v2beta1", "v1beta2", "v1alpha1", "foo"]
+        );
     }
 
     #[test]
     fn names_follow_the_kind_rule() {
         assert!(validate_name(NameRule::Dns1123Subdomain, "a.b-c").is_empty());
-        assert_eq!(validate_name(NameRule::Dns1123Subdomain, "Bad_Name").len(), 1);
+        assert_eq!(
+            validate_name(NameRule::Dns1123Subdomain, "Bad_Name").len(),
+            1
+        );
         assert!(validate_name(NameRule::Dns1123Label, "a.b").len() == 1);
         assert!(validate_name(NameRule::Dns1035Label, "1abc").len() == 1);
         assert!(validate_name(NameRule::PathSegment, "a:b").is_empty());
-        assert_eq!(validate_name(NameRule::Dns1123Label, &"a".repeat(64))[0], "must be no more than 63 characters");
+        assert_eq!(
+            validate_name(NameRule::Dns1123Label, &"a".repeat(64))[0],
+            "must be no more than 63 characters"
+        );
     }
 }

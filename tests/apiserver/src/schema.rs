@@ -24,7 +24,9 @@ pub struct Rule {
 
 impl std::fmt::Debug for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rule").field("rule", &self.rule).finish_non_exhaustive()
+        f.debug_struct("Rule")
+            .field("rule", &self.rule)
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,37 +67,70 @@ impl Structural {
     pub fn from_openapi(schema: &Value) -> Result<Self, String> {
         let object = schema.as_object().ok_or("must be an object")?;
         let mut node = Structural {
-            type_: object.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+            type_: object
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             required: object
                 .get("required")
                 .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default(),
-            enum_: object.get("enum").and_then(Value::as_array).cloned().unwrap_or_default(),
+            enum_: object
+                .get("enum")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
             minimum: object.get("minimum").and_then(Value::as_f64),
             maximum: object.get("maximum").and_then(Value::as_f64),
-            exclusive_minimum: object.get("exclusiveMinimum").and_then(Value::as_bool).unwrap_or(false),
-            exclusive_maximum: object.get("exclusiveMaximum").and_then(Value::as_bool).unwrap_or(false),
+            exclusive_minimum: object
+                .get("exclusiveMinimum")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            exclusive_maximum: object
+                .get("exclusiveMaximum")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             min_length: u64_at(schema, "minLength"),
             max_length: u64_at(schema, "maxLength"),
             min_items: u64_at(schema, "minItems"),
             max_items: u64_at(schema, "maxItems"),
             min_properties: u64_at(schema, "minProperties"),
             max_properties: u64_at(schema, "maxProperties"),
-            nullable: object.get("nullable").and_then(Value::as_bool).unwrap_or(false),
-            int_or_string: object.get("x-kubernetes-int-or-string").and_then(Value::as_bool).unwrap_or(false),
-            preserve_unknown: object.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool).unwrap_or(false),
-            embedded_resource: object.get("x-kubernetes-embedded-resource").and_then(Value::as_bool).unwrap_or(false),
+            nullable: object
+                .get("nullable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            int_or_string: object
+                .get("x-kubernetes-int-or-string")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            preserve_unknown: object
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            embedded_resource: object
+                .get("x-kubernetes-embedded-resource")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             default: object.get("default").cloned(),
             ..Structural::default()
         };
         if let Some(pattern) = object.get("pattern").and_then(Value::as_str) {
-            let compiled = regex::Regex::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+            let compiled =
+                regex::Regex::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
             node.pattern = Some((pattern.to_string(), compiled));
         }
         if let Some(properties) = object.get("properties").and_then(Value::as_object) {
             for (name, property) in properties {
-                node.properties.insert(name.clone(), Structural::from_openapi(property)?);
+                node.properties
+                    .insert(name.clone(), Structural::from_openapi(property)?);
             }
         }
         if let Some(additional) = object.get("additionalProperties").filter(|a| a.is_object()) {
@@ -104,12 +139,19 @@ impl Structural {
         if let Some(items) = object.get("items") {
             node.items = Some(Box::new(Structural::from_openapi(items)?));
         }
-        for rule in object.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+        for rule in object
+            .get("x-kubernetes-validations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
-            let program = cel::Program::compile(text).map_err(|e| format!("compilation failed: {e}"))?;
+            let program =
+                cel::Program::compile(text).map_err(|e| format!("compilation failed: {e}"))?;
             let message_expression = match rule.get("messageExpression").and_then(Value::as_str) {
                 Some(expression) => Some(
-                    cel::Program::compile(expression).map_err(|e| format!("messageExpression compilation failed: {e}"))?,
+                    cel::Program::compile(expression)
+                        .map_err(|e| format!("messageExpression compilation failed: {e}"))?,
                 ),
                 None => None,
             };
@@ -117,17 +159,31 @@ impl Structural {
                 rule: text.to_string(),
                 transition: program.references().has_variable("oldSelf"),
                 program,
-                message: rule.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+                message: rule
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 message_expression,
-                reason: rule.get("reason").and_then(Value::as_str).unwrap_or("").to_string(),
-                field_path: rule.get("fieldPath").and_then(Value::as_str).unwrap_or("").to_string(),
+                reason: rule
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                field_path: rule
+                    .get("fieldPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
             }));
         }
         Ok(node)
     }
 
     fn child(&self, key: &str) -> Option<&Structural> {
-        self.properties.get(key).or(self.additional_properties.as_deref())
+        self.properties
+            .get(key)
+            .or(self.additional_properties.as_deref())
     }
 
     /// Removes the fields the schema does not declare and returns their paths
@@ -145,7 +201,8 @@ impl Structural {
             }
             if !self.preserve_unknown {
                 map.retain(|key, _| {
-                    let keep = self.properties.contains_key(key) || matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
+                    let keep = self.properties.contains_key(key)
+                        || matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
                     if !keep {
                         unknown.push(key.clone());
                     }
@@ -159,7 +216,10 @@ impl Structural {
     fn prune_at(&self, value: &mut Value, path: &str, unknown: &mut Vec<String>) {
         match value {
             Value::Object(map) => {
-                if self.properties.is_empty() && self.additional_properties.is_none() && (self.preserve_unknown || self.embedded_resource) {
+                if self.properties.is_empty()
+                    && self.additional_properties.is_none()
+                    && (self.preserve_unknown || self.embedded_resource)
+                {
                     return;
                 }
                 for (key, child) in map.iter_mut() {
@@ -170,7 +230,8 @@ impl Structural {
                 if !self.preserve_unknown && self.additional_properties.is_none() {
                     map.retain(|key, _| {
                         let keep = self.properties.contains_key(key)
-                            || (self.embedded_resource && matches!(key.as_str(), "apiVersion" | "kind" | "metadata"));
+                            || (self.embedded_resource
+                                && matches!(key.as_str(), "apiVersion" | "kind" | "metadata"));
                         if !keep {
                             unknown.push(format!("{path}.{key}"));
                         }
@@ -265,7 +326,11 @@ impl Structural {
             Value::Null => "null",
             Value::Bool(_) => "boolean",
             Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) && self.type_ == "integer" => "integer",
+            Value::Number(n)
+                if n.as_f64().is_some_and(|f| f.fract() == 0.0) && self.type_ == "integer" =>
+            {
+                "integer"
+            }
             Value::Number(_) => "number",
             Value::String(_) => "string",
             Value::Array(_) => "array",
@@ -274,7 +339,9 @@ impl Structural {
         let ok = if self.int_or_string {
             matches!(actual, "integer" | "string")
         } else {
-            self.type_.is_empty() || self.type_ == actual || (self.type_ == "number" && actual == "integer")
+            self.type_.is_empty()
+                || self.type_ == actual
+                || (self.type_ == "number" && actual == "integer")
         };
         if ok { None } else { Some(actual) }
     }
@@ -292,7 +359,11 @@ impl Structural {
             return;
         }
         if let Some(actual) = self.type_matches(value) {
-            let expected = if self.int_or_string { "integer,string".to_string() } else { self.type_.clone() };
+            let expected = if self.int_or_string {
+                "integer,string".to_string()
+            } else {
+                self.type_.clone()
+            };
             errors.push(FieldError {
                 kind: FieldErrorKind::TypeInvalid,
                 field: path.to_string(),
@@ -322,35 +393,74 @@ impl Structural {
                         kind: FieldErrorKind::TooLong,
                         field: path.to_string(),
                         value: None,
-                        detail: format!("may not be more than {max} {}", if max == 1 { "byte" } else { "bytes" }),
+                        detail: format!(
+                            "may not be more than {max} {}",
+                            if max == 1 { "byte" } else { "bytes" }
+                        ),
                     });
                 }
                 if let Some(min) = self.min_length
                     && length < min
                 {
-                    errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should be at least {min} chars long")));
+                    errors.push(FieldError::invalid(
+                        path,
+                        value.clone(),
+                        format!("{path} in body should be at least {min} chars long"),
+                    ));
                 }
                 if let Some((pattern, regex)) = &self.pattern
                     && !regex.is_match(s)
                 {
-                    errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should match '{pattern}'")));
+                    errors.push(FieldError::invalid(
+                        path,
+                        value.clone(),
+                        format!("{path} in body should match '{pattern}'"),
+                    ));
                 }
             }
             Value::Number(n) => {
                 let x = n.as_f64().unwrap_or(0.0);
-                let shown = |bound: f64| if bound.fract() == 0.0 && bound.abs() < 1e15 { format!("{}", bound as i64) } else { bound.to_string() };
+                let shown = |bound: f64| {
+                    if bound.fract() == 0.0 && bound.abs() < 1e15 {
+                        format!("{}", bound as i64)
+                    } else {
+                        bound.to_string()
+                    }
+                };
                 if let Some(max) = self.maximum {
                     if self.exclusive_maximum && x >= max {
-                        errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should be less than {}", shown(max))));
+                        errors.push(FieldError::invalid(
+                            path,
+                            value.clone(),
+                            format!("{path} in body should be less than {}", shown(max)),
+                        ));
                     } else if x > max {
-                        errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should be less than or equal to {}", shown(max))));
+                        errors.push(FieldError::invalid(
+                            path,
+                            value.clone(),
+                            format!(
+                                "{path} in body should be less than or equal to {}",
+                                shown(max)
+                            ),
+                        ));
                     }
                 }
                 if let Some(min) = self.minimum {
                     if self.exclusive_minimum && x <= min {
-                        errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should be greater than {}", shown(min))));
+                        errors.push(FieldError::invalid(
+                            path,
+                            value.clone(),
+                            format!("{path} in body should be greater than {}", shown(min)),
+                        ));
                     } else if x < min {
-                        errors.push(FieldError::invalid(path, value.clone(), format!("{path} in body should be greater than or equal to {}", shown(min))));
+                        errors.push(FieldError::invalid(
+                            path,
+                            value.clone(),
+                            format!(
+                                "{path} in body should be greater than or equal to {}",
+                                shown(min)
+                            ),
+                        ));
                     }
                 }
             }
@@ -363,13 +473,20 @@ impl Structural {
                         kind: FieldErrorKind::TooMany,
                         field: path.to_string(),
                         value: Some(Value::from(count)),
-                        detail: format!("must have at most {max} {}", if max == 1 { "item" } else { "items" }),
+                        detail: format!(
+                            "must have at most {max} {}",
+                            if max == 1 { "item" } else { "items" }
+                        ),
                     });
                 }
                 if let Some(min) = self.min_items
                     && count < min
                 {
-                    errors.push(FieldError::invalid(path, Value::from(count), format!("{path} in body should have at least {min} items")));
+                    errors.push(FieldError::invalid(
+                        path,
+                        Value::from(count),
+                        format!("{path} in body should have at least {min} items"),
+                    ));
                 }
                 if let Some(schema) = &self.items {
                     for (i, item) in items.iter().enumerate() {
@@ -386,13 +503,20 @@ impl Structural {
                         kind: FieldErrorKind::TooMany,
                         field: path.to_string(),
                         value: Some(Value::from(count)),
-                        detail: format!("must have at most {max} {}", if max == 1 { "item" } else { "items" }),
+                        detail: format!(
+                            "must have at most {max} {}",
+                            if max == 1 { "item" } else { "items" }
+                        ),
                     });
                 }
                 if let Some(min) = self.min_properties
                     && count < min
                 {
-                    errors.push(FieldError::invalid(path, Value::from(count), format!("{path} in body should have at least {min} properties")));
+                    errors.push(FieldError::invalid(
+                        path,
+                        Value::from(count),
+                        format!("{path} in body should have at least {min} properties"),
+                    ));
                 }
                 for name in &self.required {
                     if !map.contains_key(name) {
@@ -419,8 +543,18 @@ impl Structural {
         }
     }
 
-    fn validate_rules(&self, value: &Value, old: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
-        let field = if path.is_empty() { "<nil>".to_string() } else { path.to_string() };
+    fn validate_rules(
+        &self,
+        value: &Value,
+        old: Option<&Value>,
+        path: &str,
+        errors: &mut Vec<FieldError>,
+    ) {
+        let field = if path.is_empty() {
+            "<nil>".to_string()
+        } else {
+            path.to_string()
+        };
         for rule in &self.rules {
             if rule.transition && old.is_none() {
                 continue;
@@ -448,14 +582,25 @@ impl Structural {
                     value: Some(Value::String(self.schema_type().into())),
                     detail: failed_message,
                 },
-                _ => FieldError::invalid(field, Value::String(self.schema_type().into()), failed_message),
+                _ => FieldError::invalid(
+                    field,
+                    Value::String(self.schema_type().into()),
+                    failed_message,
+                ),
             });
         }
-        let child_path = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+        let child_path = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
         match value {
             Value::Object(map) => {
                 for (key, child) in map {
-                    if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")
+                    {
                         continue;
                     }
                     if let Some(schema) = self.child(key) {
@@ -484,10 +629,18 @@ fn rule_message(rule: &Rule, value: &Value, old: Option<&Value>) -> String {
     {
         return message.to_string();
     }
-    if rule.message.is_empty() { format!("failed rule: {}", rule.rule) } else { rule.message.clone() }
+    if rule.message.is_empty() {
+        format!("failed rule: {}", rule.rule)
+    } else {
+        rule.message.clone()
+    }
 }
 
-fn evaluate(program: &cel::Program, value: &Value, old: Option<&Value>) -> Result<cel::Value, String> {
+fn evaluate(
+    program: &cel::Program,
+    value: &Value,
+    old: Option<&Value>,
+) -> Result<cel::Value, String> {
     let mut context = cel::Context::default();
     context.add_variable_from_value("self", to_cel(value));
     if let Some(old) = old {
@@ -503,14 +656,21 @@ pub fn to_cel(value: &Value) -> cel::Value {
         Value::Bool(b) => cel::Value::Bool(*b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => cel::Value::Int(i),
-            None => n.as_u64().map(cel::Value::UInt).unwrap_or_else(|| cel::Value::Float(n.as_f64().unwrap_or(0.0))),
+            None => n
+                .as_u64()
+                .map(cel::Value::UInt)
+                .unwrap_or_else(|| cel::Value::Float(n.as_f64().unwrap_or(0.0))),
         },
         Value::String(s) => cel::Value::String(Arc::new(s.clone())),
         Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
         Value::Object(map) => {
-            let entries: HashMap<cel::objects::Key, cel::Value> =
-                map.iter().map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v))).collect();
-            cel::Value::Map(cel::objects::Map { map: Arc::new(entries) })
+            let entries: HashMap<cel::objects::Key, cel::Value> = map
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map {
+                map: Arc::new(entries),
+            })
         }
     }
 }
@@ -519,7 +679,9 @@ pub fn to_cel(value: &Value) -> cel::Value {
 pub fn published(schema: &Value) -> Value {
     let mut schema = schema.clone();
     if let Some(object) = schema.as_object_mut() {
-        let properties = object.entry("properties").or_insert_with(|| Value::Object(Map::new()));
+        let properties = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(properties) = properties.as_object_mut() {
             properties.insert(
                 "metadata".into(),
@@ -575,24 +737,61 @@ mod tests {
     fn openapi_rules_give_the_real_messages() {
         let s = schema();
         let cases = [
-            (json!({"port": 70000}), "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535"),
-            (json!({"port": 0}), "spec.port: Invalid value: 0: spec.port in body should be greater than or equal to 1"),
-            (json!({"port": "x"}), "spec.port: Invalid value: \"string\": spec.port in body must be of type integer: \"string\""),
+            (
+                json!({"port": 70000}),
+                "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535",
+            ),
+            (
+                json!({"port": 0}),
+                "spec.port: Invalid value: 0: spec.port in body should be greater than or equal to 1",
+            ),
+            (
+                json!({"port": "x"}),
+                "spec.port: Invalid value: \"string\": spec.port in body must be of type integer: \"string\"",
+            ),
             (json!({}), "spec.port: Required value"),
-            (json!({"port": 1, "mode": "c"}), "spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\""),
-            (json!({"port": 1, "name": "abcde"}), "spec.name: Too long: may not be more than 4 bytes"),
-            (json!({"port": 1, "name": "a"}), "spec.name: Invalid value: \"a\": spec.name in body should be at least 2 chars long"),
-            (json!({"port": 1, "name": "AB"}), "spec.name: Invalid value: \"AB\": spec.name in body should match '^[a-z]+$'"),
-            (json!({"port": 1, "tags": ["a", "b", "c"]}), "spec.tags: Too many: 3: must have at most 2 items"),
-            (json!({"port": 1, "tags": []}), "spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items"),
-            (json!({"port": 1, "size": true}), "spec.size: Invalid value: \"boolean\": spec.size in body must be of type integer,string: \"boolean\""),
-            (json!({"port": 1, "labels": {"a": 1}}), "spec.labels.a: Invalid value: \"integer\": spec.labels.a in body must be of type string: \"integer\""),
+            (
+                json!({"port": 1, "mode": "c"}),
+                "spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\"",
+            ),
+            (
+                json!({"port": 1, "name": "abcde"}),
+                "spec.name: Too long: may not be more than 4 bytes",
+            ),
+            (
+                json!({"port": 1, "name": "a"}),
+                "spec.name: Invalid value: \"a\": spec.name in body should be at least 2 chars long",
+            ),
+            (
+                json!({"port": 1, "name": "AB"}),
+                "spec.name: Invalid value: \"AB\": spec.name in body should match '^[a-z]+$'",
+            ),
+            (
+                json!({"port": 1, "tags": ["a", "b", "c"]}),
+                "spec.tags: Too many: 3: must have at most 2 items",
+            ),
+            (
+                json!({"port": 1, "tags": []}),
+                "spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items",
+            ),
+            (
+                json!({"port": 1, "size": true}),
+                "spec.size: Invalid value: \"boolean\": spec.size in body must be of type integer,string: \"boolean\"",
+            ),
+            (
+                json!({"port": 1, "labels": {"a": 1}}),
+                "spec.labels.a: Invalid value: \"integer\": spec.labels.a in body must be of type string: \"integer\"",
+            ),
         ];
         for (spec, want) in cases {
             let mut object = json!({"spec": spec});
             s.apply_defaults(&mut object);
             let errors = s.validate(&object, None);
-            assert_eq!(messages(&errors).first().map(String::as_str), Some(want), "{object}");
+            assert_eq!(
+                messages(&errors).first().map(String::as_str),
+                Some(want),
+                "{object}"
+            );
         }
         let fine = json!({"spec": {"port": 1, "replicas": 1, "size": "50%", "note": null, "free": {"x": 1}}});
         assert_eq!(messages(&s.validate(&fine, None)), Vec::<String>::new());
@@ -602,16 +801,28 @@ mod tests {
     fn cel_rules_with_self_old_self_has_and_duration() {
         let s = schema();
         let object = json!({"spec": {"port": 1, "replicas": 0}});
-        assert_eq!(messages(&s.validate(&object, None)), vec!["spec: Invalid value: \"object\": replicas must be positive"]);
+        assert_eq!(
+            messages(&s.validate(&object, None)),
+            vec!["spec: Invalid value: \"object\": replicas must be positive"]
+        );
         let object = json!({"spec": {"port": 1, "replicas": 1, "mode": "b"}});
         assert_eq!(
             messages(&s.validate(&object, None)),
-            vec!["spec: Invalid value: \"object\": failed rule: !has(self.mode) || self.mode != 'b' || self.port != 1"]
+            vec![
+                "spec: Invalid value: \"object\": failed rule: !has(self.mode) || self.mode != 'b' || self.port != 1"
+            ]
         );
         let old = json!({"spec": {"port": 2, "replicas": 1}});
         let new = json!({"spec": {"port": 3, "replicas": 1}});
-        assert_eq!(messages(&s.validate(&new, None)), Vec::<String>::new(), "transition rules skip creates");
-        assert_eq!(messages(&s.validate(&new, Some(&old))), vec!["spec.port: Invalid value: \"object\": port is immutable"]);
+        assert_eq!(
+            messages(&s.validate(&new, None)),
+            Vec::<String>::new(),
+            "transition rules skip creates"
+        );
+        assert_eq!(
+            messages(&s.validate(&new, Some(&old))),
+            vec!["spec.port: Invalid value: \"object\": port is immutable"]
+        );
         let slow = json!({"spec": {"port": 1, "replicas": 1, "timeout": "2h"}});
         assert_eq!(messages(&s.validate(&slow, None)).len(), 1);
         let quick = json!({"spec": {"port": 1, "replicas": 1, "timeout": "30m"}});
@@ -638,7 +849,10 @@ mod tests {
         let unknown = s.prune(&mut object);
         assert_eq!(unknown, vec!["spec.bogus".to_string(), "extra".to_string()]);
         s.apply_defaults(&mut object);
-        assert_eq!(object["spec"]["replicas"], 2, "null replaced by the default");
+        assert_eq!(
+            object["spec"]["replicas"], 2,
+            "null replaced by the default"
+        );
         assert_eq!(object["spec"]["free"]["kept"], true);
         assert_eq!(object["metadata"]["name"], "a");
     }

@@ -31,7 +31,9 @@ pub struct LabelSelector {
 }
 
 fn bad_selector(selector: &str, why: &str) -> Status {
-    Status::bad_request(format!("unable to parse requirement: {why} (in selector {selector:?})"))
+    Status::bad_request(format!(
+        "unable to parse requirement: {why} (in selector {selector:?})"
+    ))
 }
 
 /// Splits at commas that are not inside `( )`.
@@ -61,11 +63,16 @@ fn valid_key(key: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
+        !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
     });
     name_ok && prefix_ok
 }
@@ -73,7 +80,9 @@ fn valid_key(key: &str) -> bool {
 fn valid_value(value: &str) -> bool {
     value.is_empty()
         || (value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -86,7 +95,10 @@ fn parse_set(selector: &str, rest: &str) -> Result<Vec<String>, Status> {
         .ok_or_else(|| bad_selector(selector, "expected a parenthesised set of values"))?;
     let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     if let Some(bad) = values.iter().find(|v| !valid_value(v)) {
-        return Err(bad_selector(selector, &format!("invalid label value: {bad:?}")));
+        return Err(bad_selector(
+            selector,
+            &format!("invalid label value: {bad:?}"),
+        ));
     }
     Ok(values)
 }
@@ -105,31 +117,53 @@ impl LabelSelector {
             let (key, op) = if let Some(key) = part.strip_prefix('!') {
                 (key.trim().to_string(), Op::DoesNotExist)
             } else if let Some((key, value)) = part.split_once("!=") {
-                (key.trim().to_string(), Op::NotEquals(value.trim().to_string()))
+                (
+                    key.trim().to_string(),
+                    Op::NotEquals(value.trim().to_string()),
+                )
             } else if let Some((key, value)) = part.split_once("==") {
                 (key.trim().to_string(), Op::Equals(value.trim().to_string()))
             } else if let Some((key, value)) = part.split_once('=') {
                 (key.trim().to_string(), Op::Equals(value.trim().to_string()))
             } else if let Some((key, value)) = part.split_once('>') {
-                let n = value.trim().parse().map_err(|_| bad_selector(selector, "for 'gt', 'lt' operators, exactly one value is required"))?;
+                let n = value.trim().parse().map_err(|_| {
+                    bad_selector(
+                        selector,
+                        "for 'gt', 'lt' operators, exactly one value is required",
+                    )
+                })?;
                 (key.trim().to_string(), Op::GreaterThan(n))
             } else if let Some((key, value)) = part.split_once('<') {
-                let n = value.trim().parse().map_err(|_| bad_selector(selector, "for 'gt', 'lt' operators, exactly one value is required"))?;
+                let n = value.trim().parse().map_err(|_| {
+                    bad_selector(
+                        selector,
+                        "for 'gt', 'lt' operators, exactly one value is required",
+                    )
+                })?;
                 (key.trim().to_string(), Op::LessThan(n))
             } else if let Some((key, rest)) = part.split_once(" notin ") {
-                (key.trim().to_string(), Op::NotIn(parse_set(selector, rest)?))
+                (
+                    key.trim().to_string(),
+                    Op::NotIn(parse_set(selector, rest)?),
+                )
             } else if let Some((key, rest)) = part.split_once(" in ") {
                 (key.trim().to_string(), Op::In(parse_set(selector, rest)?))
             } else {
                 (part.to_string(), Op::Exists)
             };
             if !valid_key(&key) {
-                return Err(bad_selector(selector, &format!("invalid label key {key:?}")));
+                return Err(bad_selector(
+                    selector,
+                    &format!("invalid label key {key:?}"),
+                ));
             }
             if let Op::Equals(v) | Op::NotEquals(v) = &op
                 && !valid_value(v)
             {
-                return Err(bad_selector(selector, &format!("invalid label value: {v:?}")));
+                return Err(bad_selector(
+                    selector,
+                    &format!("invalid label value: {v:?}"),
+                ));
             }
             requirements.push(Requirement { key, op });
         }
@@ -146,8 +180,12 @@ impl LabelSelector {
                 (Op::NotEquals(want), v) => v != Some(want.as_str()),
                 (Op::In(set), v) => v.is_some_and(|v| set.iter().any(|s| s == v)),
                 (Op::NotIn(set), v) => v.is_none_or(|v| !set.iter().any(|s| s == v)),
-                (Op::GreaterThan(n), v) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-                (Op::LessThan(n), v) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+                (Op::GreaterThan(n), v) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                (Op::LessThan(n), v) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
             }
         })
     }
@@ -236,13 +274,21 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, v, true)
             } else {
-                return Err(Status::bad_request(format!("invalid selector: '{selector}'; can't understand '{part}'")));
+                return Err(Status::bad_request(format!(
+                    "invalid selector: '{selector}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             if field_pointer(kind, field).is_none() {
-                return Err(Status::bad_request(format!("field label not supported: {field}")));
+                return Err(Status::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
             }
-            requirements.push(FieldRequirement { field: field.to_string(), value: value.trim().to_string(), equal });
+            requirements.push(FieldRequirement {
+                field: field.to_string(),
+                value: value.trim().to_string(),
+                equal,
+            });
         }
         Ok(FieldSelector { requirements })
     }
@@ -300,7 +346,8 @@ mod tests {
             ("redispair.io/pair", false),
         ];
         for (selector, want) in cases {
-            let parsed = LabelSelector::parse(selector).unwrap_or_else(|e| panic!("{selector}: {e}"));
+            let parsed =
+                LabelSelector::parse(selector).unwrap_or_else(|e| panic!("{selector}: {e}"));
             assert_eq!(parsed.matches(Some(&l)), want, "{selector}");
         }
         assert!(LabelSelector::parse("!app").expect("parses").matches(None));
@@ -308,7 +355,16 @@ mod tests {
 
     #[test]
     fn malformed_label_selectors_are_bad_requests() {
-        for selector in ["app=(", "a b c", "x in y", "=x", "app=bad value", ",", "tier>x", "in (a)"] {
+        for selector in [
+            "app=(",
+            "a b c",
+            "x in y",
+            "=x",
+            "app=bad value",
+            ",",
+            "tier>x",
+            "in (a)",
+        ] {
             let error = LabelSelector::parse(selector).expect_err(selector);
             assert_eq!(error.code, 400, "{selector}");
         }
@@ -320,13 +376,16 @@ mod tests {
         let pods = registry.find("", "v1", "pods").expect("pods");
         let secrets = registry.find("", "v1", "secrets").expect("secrets");
         let pod = json!({"metadata": {"name": "a", "namespace": "n"}, "spec": {"nodeName": "node1"}, "status": {"phase": "Running"}});
-        let yes = FieldSelector::parse("metadata.name=a,status.phase=Running", &pods).expect("parses");
+        let yes =
+            FieldSelector::parse("metadata.name=a,status.phase=Running", &pods).expect("parses");
         assert!(yes.matches(&pods, &pod));
         let no = FieldSelector::parse("spec.nodeName!=node1", &pods).expect("parses");
         assert!(!no.matches(&pods, &pod));
         assert!(FieldSelector::parse("spec.nodeName=x", &secrets).is_err());
         assert_eq!(
-            FieldSelector::parse("spec.foo=x", &pods).expect_err("unsupported").message,
+            FieldSelector::parse("spec.foo=x", &pods)
+                .expect_err("unsupported")
+                .message,
             "field label not supported: spec.foo"
         );
     }

@@ -35,7 +35,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { listen: SocketAddr::from(([127, 0, 0, 1], 0)), bookmark_interval: Duration::from_secs(60) }
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bookmark_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -69,9 +72,17 @@ impl ApiServer {
         if let Ok(mut address) = api.address.lock() {
             *address = addr.to_string();
         }
-        let shared = Arc::new(Shared { api, delay: Mutex::new(Duration::ZERO), outage: watch::channel(Outage::default()).0 });
+        let shared = Arc::new(Shared {
+            api,
+            delay: Mutex::new(Duration::ZERO),
+            outage: watch::channel(Outage::default()).0,
+        });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, addr));
-        Ok(ApiServer { shared, addr, accept })
+        Ok(ApiServer {
+            shared,
+            addr,
+            accept,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -98,9 +109,14 @@ impl ApiServer {
         let until = tokio::time::Instant::now() + duration;
         let epoch = self.shared.outage.borrow().epoch + 1;
         let mut closed = self.shared.outage.subscribe();
-        self.shared.outage.send_replace(Outage { epoch, until: Some(until) });
+        self.shared.outage.send_replace(Outage {
+            epoch,
+            until: Some(until),
+        });
         // The accept loop acknowledges by clearing `until` once it has dropped the listener.
-        let _ = closed.wait_for(|o| o.epoch == epoch && o.until.is_none()).await;
+        let _ = closed
+            .wait_for(|o| o.epoch == epoch && o.until.is_none())
+            .await;
     }
 
     /// Ends every open watch stream abruptly (as a load balancer cutting connections does).
@@ -219,14 +235,19 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
 type ResponseBody = BoxBody<Bytes, std::io::Error>;
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn status_response(status: &Status) -> hyper::Response<ResponseBody> {
     reply_response(Reply::status(status))
 }
 
-async fn respond(shared: &Shared, request: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+async fn respond(
+    shared: &Shared,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
     let delay = shared.delay.lock().map(|d| *d).unwrap_or_default();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -235,16 +256,30 @@ async fn respond(shared: &Shared, request: hyper::Request<Incoming>) -> hyper::R
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            let too_large = error.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_large = error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             let status = if too_large {
-                Status { code: 413, reason: "RequestEntityTooLarge", message: "the request body is too large".into(), details: None }
+                Status {
+                    code: 413,
+                    reason: "RequestEntityTooLarge",
+                    message: "the request body is too large".into(),
+                    details: None,
+                }
             } else {
                 Status::bad_request(format!("error reading the request body: {error}"))
             };
             return status_response(&status);
         }
     };
-    let header = |name: hyper::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header = |name: hyper::header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let request = Request {
         method: Method::parse(parts.method.as_str()),
         path: percent_decode(parts.uri.path()),
@@ -256,9 +291,20 @@ async fn respond(shared: &Shared, request: hyper::Request<Incoming>) -> hyper::R
     // A handler that panicked must not take the connection with it: answer 500.
     let api = shared.api.clone();
     let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.handle(&request)))
-        .unwrap_or_else(|_| Reply::status(&Status::internal("the server hit an internal error handling this request")));
+        .unwrap_or_else(|_| {
+            Reply::status(&Status::internal(
+                "the server hit an internal error handling this request",
+            ))
+        });
     if std::env::var_os("TEST_APISERVER_LOG").is_some() {
-        eprintln!("{} {}?{} [{}] -> {}", parts.method, parts.uri.path(), parts.uri.query().unwrap_or(""), request.accept, reply.code);
+        eprintln!(
+            "{} {}?{} [{}] -> {}",
+            parts.method,
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            request.accept,
+            reply.code
+        );
     }
     reply_response(reply)
 }
@@ -279,14 +325,25 @@ fn reply_response(reply: Reply) -> hyper::Response<ResponseBody> {
             http_body_util::BodyExt::boxed(StreamBody::new(stream))
         }
     };
-    let mut builder = hyper::Response::builder().status(reply.code).header(hyper::header::CONTENT_TYPE, reply.content_type);
+    let mut builder = hyper::Response::builder()
+        .status(reply.code)
+        .header(hyper::header::CONTENT_TYPE, reply.content_type);
     for warning in &reply.warnings {
-        builder = builder.header("Warning", format!("299 - {}", crate::status::go_quote(warning)));
+        builder = builder.header(
+            "Warning",
+            format!("299 - {}", crate::status::go_quote(warning)),
+        );
     }
-    builder.body(body).unwrap_or_else(|_| hyper::Response::new(full("internal error")))
+    builder
+        .body(body)
+        .unwrap_or_else(|_| hyper::Response::new(full("internal error")))
 }
 
 /// An mpsc receiver as a stream (what tokio-stream's wrapper does, without the crate).
-fn tokio_stream_from<T: Send + 'static>(receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) })
+fn tokio_stream_from<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }

@@ -40,7 +40,12 @@ fn details(name: &str, resource: &GroupResource) -> Value {
 
 impl Status {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Status { code, reason, message: message.into(), details: None }
+        Status {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn not_found(resource: &GroupResource, name: &str) -> Self {
@@ -53,7 +58,11 @@ impl Status {
     pub fn already_exists(resource: &GroupResource, name: &str) -> Self {
         Status {
             details: Some(details(name, resource)),
-            ..Status::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
+            ..Status::new(
+                409,
+                "AlreadyExists",
+                format!("{resource} \"{name}\" already exists"),
+            )
         }
     }
 
@@ -69,7 +78,11 @@ impl Status {
     pub fn conflict(resource: &GroupResource, name: &str, why: &str) -> Self {
         Status {
             details: Some(details(name, resource)),
-            ..Status::new(409, "Conflict", format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"))
+            ..Status::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"),
+            )
         }
     }
 
@@ -92,7 +105,10 @@ impl Status {
             Some(all) => format!("{kind} {} is invalid: {all}", go_quote(name)),
             None => format!("{kind} {} is invalid", go_quote(name)),
         };
-        Status { details: Some(Value::Object(details)), ..Status::new(422, "Invalid", message) }
+        Status {
+            details: Some(Value::Object(details)),
+            ..Status::new(422, "Invalid", message)
+        }
     }
 
     /// What `NewGenericServerResponse(422, ...)` gives: a JSON patch that does not apply
@@ -100,7 +116,11 @@ impl Status {
     pub fn unprocessable() -> Self {
         Status {
             details: Some(json!({})),
-            ..Status::new(422, "Invalid", "the server rejected our request due to an error in our request")
+            ..Status::new(
+                422,
+                "Invalid",
+                "the server rejected our request due to an error in our request",
+            )
         }
     }
 
@@ -113,16 +133,33 @@ impl Status {
     }
 
     pub fn method_not_allowed() -> Self {
-        Status::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        Status::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     /// A path that names no resource (`the server could not find the requested resource`).
     pub fn no_route() -> Self {
-        Status { details: Some(json!({})), ..Status::new(404, "NotFound", "the server could not find the requested resource") }
+        Status {
+            details: Some(json!({})),
+            ..Status::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Status::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"))
+        Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
+            ),
+        )
     }
 
     pub fn not_acceptable(message: impl Into<String>) -> Self {
@@ -216,32 +253,51 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { kind: FieldErrorKind::Required, field: field.into(), value: None, detail: detail.into() }
+        FieldError {
+            kind: FieldErrorKind::Required,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
     pub fn invalid(field: impl Into<String>, value: Value, detail: impl Into<String>) -> Self {
-        FieldError { kind: FieldErrorKind::Invalid, field: field.into(), value: Some(value), detail: detail.into() }
+        FieldError {
+            kind: FieldErrorKind::Invalid,
+            field: field.into(),
+            value: Some(value),
+            detail: detail.into(),
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { kind: FieldErrorKind::Forbidden, field: field.into(), value: None, detail: detail.into() }
+        FieldError {
+            kind: FieldErrorKind::Forbidden,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
     pub fn not_supported(field: impl Into<String>, value: Value, allowed: &[String]) -> Self {
         let quoted: Vec<String> = allowed.iter().map(|v| go_quote(v)).collect();
-        let detail = if quoted.is_empty() { String::new() } else { format!("supported values: {}", quoted.join(", ")) };
-        FieldError { kind: FieldErrorKind::NotSupported, field: field.into(), value: Some(value), detail }
+        let detail = if quoted.is_empty() {
+            String::new()
+        } else {
+            format!("supported values: {}", quoted.join(", "))
+        };
+        FieldError {
+            kind: FieldErrorKind::NotSupported,
+            field: field.into(),
+            value: Some(value),
+            detail,
+        }
     }
 
     /// `ErrorBody()`: the message without the field name.
     pub fn body(&self) -> String {
         let mut body = match (self.kind, &self.value) {
-            (
-                FieldErrorKind::Required
-                | FieldErrorKind::Forbidden
-                | FieldErrorKind::TooLong,
-                _,
-            )
+            (FieldErrorKind::Required | FieldErrorKind::Forbidden | FieldErrorKind::TooLong, _)
             | (_, None) => self.kind.text().to_string(),
             (_, Some(value)) => format!("{}: {}", self.kind.text(), go_value(value)),
         };
@@ -305,7 +361,10 @@ mod tests {
             "RedisPair.redispair.io \"x\" is invalid: spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535"
         );
         assert_eq!(status.to_json()["details"]["kind"], "RedisPair");
-        assert_eq!(status.to_json()["details"]["causes"][0]["reason"], "FieldValueInvalid");
+        assert_eq!(
+            status.to_json()["details"]["causes"][0]["reason"],
+            "FieldValueInvalid"
+        );
     }
 
     #[test]
@@ -325,7 +384,10 @@ mod tests {
     #[test]
     fn conflict_and_not_found_texts() {
         let pods = GroupResource::new("", "pods");
-        assert_eq!(Status::not_found(&pods, "a").message, "pods \"a\" not found");
+        assert_eq!(
+            Status::not_found(&pods, "a").message,
+            "pods \"a\" not found"
+        );
         let pairs = GroupResource::new("redispair.io", "redispairs");
         assert_eq!(
             Status::conflict_modified(&pairs, "a").message,

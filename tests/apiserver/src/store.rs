@@ -72,7 +72,13 @@ fn with_resource_version(object: &Value, rv: u64) -> Value {
 
 impl Default for State {
     fn default() -> Self {
-        State { rv: 1, registry: Registry::default(), objects: BTreeMap::new(), history: VecDeque::new(), compacted: 1 }
+        State {
+            rv: 1,
+            registry: Registry::default(),
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 1,
+        }
     }
 }
 
@@ -82,12 +88,17 @@ impl State {
     }
 
     pub fn get(&self, resource: &GroupResource, namespace: &str, name: &str) -> Option<Arc<Value>> {
-        self.objects.get(resource)?.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.objects
+            .get(resource)?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// The current objects of a resource, in one namespace or all, in key order.
     pub fn list(&self, resource: &GroupResource, namespace: Option<&str>) -> Vec<Arc<Value>> {
-        let Some(objects) = self.objects.get(resource) else { return Vec::new() };
+        let Some(objects) = self.objects.get(resource) else {
+            return Vec::new();
+        };
         objects
             .iter()
             .filter(|((ns, _), _)| namespace.is_none_or(|want| ns == want))
@@ -97,9 +108,15 @@ impl State {
 
     /// The objects of a resource as they were at `rv`, rebuilt by undoing the newer changes
     /// (what etcd's historical reads give continue tokens and `resourceVersionMatch=Exact`).
-    pub fn snapshot_at(&self, resource: &GroupResource, rv: u64) -> Result<Vec<Arc<Value>>, TooOld> {
+    pub fn snapshot_at(
+        &self,
+        resource: &GroupResource,
+        rv: u64,
+    ) -> Result<Vec<Arc<Value>>, TooOld> {
         if rv < self.compacted {
-            return Err(TooOld { oldest: self.compacted });
+            return Err(TooOld {
+                oldest: self.compacted,
+            });
         }
         let mut objects = self.objects.get(resource).cloned().unwrap_or_default();
         for change in self.history.iter().rev().take_while(|c| c.rv > rv) {
@@ -119,8 +136,20 @@ impl State {
         Ok(objects.into_values().collect())
     }
 
-    fn record(&mut self, resource: &GroupResource, kind: ChangeKind, object: Arc<Value>, previous: Option<Arc<Value>>) {
-        self.history.push_back(Change { rv: self.rv, resource: resource.clone(), kind, object, previous });
+    fn record(
+        &mut self,
+        resource: &GroupResource,
+        kind: ChangeKind,
+        object: Arc<Value>,
+        previous: Option<Arc<Value>>,
+    ) {
+        self.history.push_back(Change {
+            rv: self.rv,
+            resource: resource.clone(),
+            kind,
+            object,
+            previous,
+        });
         while self.history.len() > MAX_HISTORY {
             if let Some(oldest) = self.history.pop_front() {
                 self.compacted = oldest.rv;
@@ -132,7 +161,10 @@ impl State {
     pub fn create(&mut self, resource: &GroupResource, object: Value) -> Arc<Value> {
         self.rv += 1;
         let object = Arc::new(with_resource_version(&object, self.rv));
-        self.objects.entry(resource.clone()).or_default().insert(key_of(&object), object.clone());
+        self.objects
+            .entry(resource.clone())
+            .or_default()
+            .insert(key_of(&object), object.clone());
         self.record(resource, ChangeKind::Added, object.clone(), None);
         object
     }
@@ -141,24 +173,43 @@ impl State {
     pub fn update(&mut self, resource: &GroupResource, object: Value) -> Arc<Value> {
         self.rv += 1;
         let object = Arc::new(with_resource_version(&object, self.rv));
-        let previous = self.objects.entry(resource.clone()).or_default().insert(key_of(&object), object.clone());
+        let previous = self
+            .objects
+            .entry(resource.clone())
+            .or_default()
+            .insert(key_of(&object), object.clone());
         self.record(resource, ChangeKind::Modified, object.clone(), previous);
         object
     }
 
     /// Removes an object; returns its last state with the deletion's resourceVersion.
-    pub fn delete(&mut self, resource: &GroupResource, namespace: &str, name: &str) -> Option<Arc<Value>> {
-        let previous = self.objects.get_mut(resource)?.remove(&(namespace.to_string(), name.to_string()))?;
+    pub fn delete(
+        &mut self,
+        resource: &GroupResource,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
+        let previous = self
+            .objects
+            .get_mut(resource)?
+            .remove(&(namespace.to_string(), name.to_string()))?;
         self.rv += 1;
         let object = Arc::new(with_resource_version(&previous, self.rv));
-        self.record(resource, ChangeKind::Deleted, object.clone(), Some(previous));
+        self.record(
+            resource,
+            ChangeKind::Deleted,
+            object.clone(),
+            Some(previous),
+        );
         Some(object)
     }
 
     /// The changes of a resource after `rv`, oldest first.
     pub fn changes_after(&self, resource: &GroupResource, rv: u64) -> Result<Vec<Change>, TooOld> {
         if rv < self.compacted {
-            return Err(TooOld { oldest: self.compacted });
+            return Err(TooOld {
+                oldest: self.compacted,
+            });
         }
         let newer = self.history.len() - self.history.partition_point(|c| c.rv <= rv);
         Ok(self
@@ -178,8 +229,14 @@ impl State {
 
     /// Drops every object of a resource (a deleted CRD's objects), recording the deletions.
     pub fn delete_all(&mut self, resource: &GroupResource) -> Vec<Arc<Value>> {
-        let keys: Vec<ObjectKey> = self.objects.get(resource).map(|o| o.keys().cloned().collect()).unwrap_or_default();
-        keys.iter().filter_map(|(ns, name)| self.delete(resource, ns, name)).collect()
+        let keys: Vec<ObjectKey> = self
+            .objects
+            .get(resource)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.iter()
+            .filter_map(|(ns, name)| self.delete(resource, ns, name))
+            .collect()
     }
 
     /// Every resource that has objects in a namespace.
@@ -207,18 +264,37 @@ mod tests {
         let secrets = GroupResource::new("", "secrets");
         let mut state = State::default();
         let a = state.create(&pods, pod("a", 1));
-        let start: u64 = a["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("rv");
+        let start: u64 = a["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("rv");
         state.create(&secrets, pod("s", 1));
         state.update(&pods, pod("a", 2));
         state.delete(&pods, "ns", "a");
         let changes = state.changes_after(&pods, start).expect("kept");
         let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, vec![ChangeKind::Modified, ChangeKind::Deleted]);
-        assert_eq!(changes[1].object["spec"]["v"], 2, "a deletion carries the last state");
-        assert_eq!(changes[1].object["metadata"]["resourceVersion"], state.resource_version().to_string());
+        assert_eq!(
+            changes[1].object["spec"]["v"], 2,
+            "a deletion carries the last state"
+        );
+        assert_eq!(
+            changes[1].object["metadata"]["resourceVersion"],
+            state.resource_version().to_string()
+        );
         state.compact();
-        assert_eq!(state.changes_after(&pods, start).err(), Some(TooOld { oldest: state.resource_version() }));
-        assert!(state.changes_after(&pods, state.resource_version()).expect("now is kept").is_empty());
+        assert_eq!(
+            state.changes_after(&pods, start).err(),
+            Some(TooOld {
+                oldest: state.resource_version()
+            })
+        );
+        assert!(
+            state
+                .changes_after(&pods, state.resource_version())
+                .expect("now is kept")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -234,7 +310,12 @@ mod tests {
         let past = state.snapshot_at(&pods, then).expect("kept");
         let names: Vec<(&str, i64)> = past
             .iter()
-            .map(|o| (o["metadata"]["name"].as_str().unwrap_or(""), o["spec"]["v"].as_i64().unwrap_or(0)))
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap_or(""),
+                    o["spec"]["v"].as_i64().unwrap_or(0),
+                )
+            })
             .collect();
         assert_eq!(names, vec![("a", 1), ("b", 1)]);
         state.compact();

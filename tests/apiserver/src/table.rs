@@ -24,11 +24,21 @@ pub struct Column {
 }
 
 fn column(name: &str, type_: &'static str, priority: i64, description: &str) -> Column {
-    Column { name: name.into(), type_, format: String::new(), description: description.into(), priority, json_path: None }
+    Column {
+        name: name.into(),
+        type_,
+        format: String::new(),
+        description: description.into(),
+        priority,
+        json_path: None,
+    }
 }
 
 fn name_column() -> Column {
-    Column { format: "name".into(), ..column("Name", "string", 0, NAME_DESCRIPTION) }
+    Column {
+        format: "name".into(),
+        ..column("Name", "string", 0, NAME_DESCRIPTION)
+    }
 }
 
 fn age_column() -> Column {
@@ -77,9 +87,24 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
         }
         (Behaviour::Pod, _, _) => vec![
             name_column(),
-            column("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            column("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            column("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            column(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            column(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            column(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             age_column(),
             wide("IP"),
             wide("Node"),
@@ -87,7 +112,12 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
             wide("Readiness Gates"),
         ],
         (Behaviour::Namespace, _, _) => vec![name_column(), s("Status"), age_column()],
-        (Behaviour::Secret, _, _) => vec![name_column(), s("Type"), column("Data", "integer", 0, ""), age_column()],
+        (Behaviour::Secret, _, _) => vec![
+            name_column(),
+            s("Type"),
+            column("Data", "integer", 0, ""),
+            age_column(),
+        ],
         (Behaviour::Service, _, _) => vec![
             name_column(),
             s("Type"),
@@ -97,9 +127,23 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
             age_column(),
             wide("Selector"),
         ],
-        (Behaviour::CustomResourceDefinition, _, _) => vec![name_column(), Column { format: "date-time".into(), ..s("Created At") }],
-        (_, "", "configmaps") => vec![name_column(), column("Data", "integer", 0, ""), age_column()],
-        (_, "", "serviceaccounts") => vec![name_column(), column("Secrets", "integer", 0, ""), age_column()],
+        (Behaviour::CustomResourceDefinition, _, _) => vec![
+            name_column(),
+            Column {
+                format: "date-time".into(),
+                ..s("Created At")
+            },
+        ],
+        (_, "", "configmaps") => vec![
+            name_column(),
+            column("Data", "integer", 0, ""),
+            age_column(),
+        ],
+        (_, "", "serviceaccounts") => vec![
+            name_column(),
+            column("Secrets", "integer", 0, ""),
+            age_column(),
+        ],
         (_, "coordination.k8s.io", "leases") => vec![name_column(), s("Holder"), age_column()],
         (_, _, "events") => vec![
             s("Last Seen"),
@@ -111,7 +155,10 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
             s("Message"),
             wide("First Seen"),
             column("Count", "integer", 1, ""),
-            Column { format: "name".into(), ..wide("Name") },
+            Column {
+                format: "name".into(),
+                ..wide("Name")
+            },
         ],
         (_, "apps", "deployments") => vec![
             name_column(),
@@ -123,7 +170,13 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
             wide("Images"),
             wide("Selector"),
         ],
-        (_, "apps", "statefulsets") => vec![name_column(), s("Ready"), age_column(), wide("Containers"), wide("Images")],
+        (_, "apps", "statefulsets") => vec![
+            name_column(),
+            s("Ready"),
+            age_column(),
+            wide("Containers"),
+            wide("Images"),
+        ],
         (_, "policy", "poddisruptionbudgets") => vec![
             name_column(),
             s("Min Available"),
@@ -131,11 +184,26 @@ pub fn columns(kind: &ResourceType) -> Vec<Column> {
             column("Allowed Disruptions", "integer", 0, ""),
             age_column(),
         ],
-        (_, "networking.k8s.io", "networkpolicies") => vec![name_column(), s("Pod-Selector"), age_column()],
-        (_, "rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
-            vec![name_column(), s("Role"), age_column(), wide("Users"), wide("Groups"), wide("ServiceAccounts")]
+        (_, "networking.k8s.io", "networkpolicies") => {
+            vec![name_column(), s("Pod-Selector"), age_column()]
         }
-        _ => vec![name_column(), Column { format: "date-time".into(), ..s("Created At") }],
+        (_, "rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            vec![
+                name_column(),
+                s("Role"),
+                age_column(),
+                wide("Users"),
+                wide("Groups"),
+                wide("ServiceAccounts"),
+            ]
+        }
+        _ => vec![
+            name_column(),
+            Column {
+                format: "date-time".into(),
+                ..s("Created At")
+            },
+        ],
     }
 }
 
@@ -153,7 +221,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -161,21 +233,33 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = seconds / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let days = (hours / 24) % 365;
-        return if days == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{days}d", hours / 24 / 365) };
+        return if days == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{days}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -210,14 +294,21 @@ fn count(value: &Value, pointer: &str) -> i64 {
 fn labels_text(value: Option<&Value>) -> String {
     value
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 /// The cells of one row, in `columns(kind)` order.
 pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> {
     let name = text(object, "/metadata/name");
-    let created = object.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let created = object
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
     let age = Value::String(since(created, now));
     match (kind.behaviour, kind.group.as_str(), kind.plural.as_str()) {
         (Behaviour::Custom, _, _) => {
@@ -228,8 +319,15 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
             cells
         }
         (Behaviour::Pod, _, _) => pod_cells(object, name, age, now),
-        (Behaviour::Namespace, _, _) => vec![name.into(), text(object, "/status/phase").into(), age],
-        (Behaviour::Secret, _, _) => vec![name.into(), text(object, "/type").into(), count(object, "/data").into(), age],
+        (Behaviour::Namespace, _, _) => {
+            vec![name.into(), text(object, "/status/phase").into(), age]
+        }
+        (Behaviour::Secret, _, _) => vec![
+            name.into(),
+            text(object, "/type").into(),
+            count(object, "/data").into(),
+            age,
+        ],
         (Behaviour::Service, _, _) => {
             let type_ = text(object, "/spec/type");
             let ports: Vec<String> = object
@@ -248,7 +346,12 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
             let external = object
                 .pointer("/spec/externalIPs")
                 .and_then(Value::as_array)
-                .map(|ips| ips.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                .map(|ips| {
+                    ips.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default();
             vec![
                 name.into(),
@@ -260,20 +363,50 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
                 or_none(labels_text(object.pointer("/spec/selector"))).into(),
             ]
         }
-        (Behaviour::CustomResourceDefinition, _, _) => vec![name.into(), text(object, "/metadata/creationTimestamp").into()],
+        (Behaviour::CustomResourceDefinition, _, _) => vec![
+            name.into(),
+            text(object, "/metadata/creationTimestamp").into(),
+        ],
         (_, "", "configmaps") => {
-            vec![name.into(), (count(object, "/data") + count(object, "/binaryData")).into(), age]
+            vec![
+                name.into(),
+                (count(object, "/data") + count(object, "/binaryData")).into(),
+                age,
+            ]
         }
         (_, "", "serviceaccounts") => vec![name.into(), count(object, "/secrets").into(), age],
         (_, "coordination.k8s.io", "leases") => {
-            vec![name.into(), or_none(text(object, "/spec/holderIdentity")).into(), age]
+            vec![
+                name.into(),
+                or_none(text(object, "/spec/holderIdentity")).into(),
+                age,
+            ]
         }
         (_, _, "events") => event_cells(object, name, now),
         (_, "apps", "deployments") => vec![
             name.into(),
-            format!("{}/{}", object.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0), object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)).into(),
-            object.pointer("/status/updatedReplicas").and_then(Value::as_i64).unwrap_or(0).into(),
-            object.pointer("/status/availableReplicas").and_then(Value::as_i64).unwrap_or(0).into(),
+            format!(
+                "{}/{}",
+                object
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                object
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )
+            .into(),
+            object
+                .pointer("/status/updatedReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .into(),
+            object
+                .pointer("/status/availableReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .into(),
             age,
             containers_text(object, "name").into(),
             containers_text(object, "image").into(),
@@ -281,20 +414,49 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
         ],
         (_, "apps", "statefulsets") => vec![
             name.into(),
-            format!("{}/{}", object.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0), object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)).into(),
+            format!(
+                "{}/{}",
+                object
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                object
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )
+            .into(),
             age,
             containers_text(object, "name").into(),
             containers_text(object, "image").into(),
         ],
         (_, "policy", "poddisruptionbudgets") => vec![
             name.into(),
-            if object.pointer("/spec/minAvailable").is_some() { text(object, "/spec/minAvailable") } else { "N/A".into() }.into(),
-            if object.pointer("/spec/maxUnavailable").is_some() { text(object, "/spec/maxUnavailable") } else { "N/A".into() }.into(),
-            object.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0).into(),
+            if object.pointer("/spec/minAvailable").is_some() {
+                text(object, "/spec/minAvailable")
+            } else {
+                "N/A".into()
+            }
+            .into(),
+            if object.pointer("/spec/maxUnavailable").is_some() {
+                text(object, "/spec/maxUnavailable")
+            } else {
+                "N/A".into()
+            }
+            .into(),
+            object
+                .pointer("/status/disruptionsAllowed")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .into(),
             age,
         ],
         (_, "networking.k8s.io", "networkpolicies") => {
-            vec![name.into(), or_none(labels_text(object.pointer("/spec/podSelector/matchLabels"))).into(), age]
+            vec![
+                name.into(),
+                or_none(labels_text(object.pointer("/spec/podSelector/matchLabels"))).into(),
+                age,
+            ]
         }
         (_, "rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
             let subjects = |kind: &str| {
@@ -305,7 +467,9 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
                     .flatten()
                     .filter(|s| s["kind"] == kind)
                     .map(|s| match s["namespace"].as_str() {
-                        Some(ns) if kind == "ServiceAccount" => format!("{ns}/{}", s["name"].as_str().unwrap_or("")),
+                        Some(ns) if kind == "ServiceAccount" => {
+                            format!("{ns}/{}", s["name"].as_str().unwrap_or(""))
+                        }
                         _ => s["name"].as_str().unwrap_or("").to_string(),
                     })
                     .collect::<Vec<_>>()
@@ -313,14 +477,22 @@ pub fn cells(kind: &ResourceType, object: &Value, now: Timestamp) -> Vec<Value> 
             };
             vec![
                 name.into(),
-                format!("{}/{}", text(object, "/roleRef/kind"), text(object, "/roleRef/name")).into(),
+                format!(
+                    "{}/{}",
+                    text(object, "/roleRef/kind"),
+                    text(object, "/roleRef/name")
+                )
+                .into(),
                 age,
                 subjects("User").into(),
                 subjects("Group").into(),
                 subjects("ServiceAccount").into(),
             ]
         }
-        _ => vec![name.into(), text(object, "/metadata/creationTimestamp").into()],
+        _ => vec![
+            name.into(),
+            text(object, "/metadata/creationTimestamp").into(),
+        ],
     }
 }
 
@@ -338,24 +510,42 @@ fn containers_text(object: &Value, field: &str) -> String {
 /// `printPod`: READY, STATUS (the container reasons, `Terminating` once deletionTimestamp is
 /// set), RESTARTS, AGE, and the wide columns.
 fn pod_cells(object: &Value, name: String, age: Value, now: Timestamp) -> Vec<Value> {
-    let total = object.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let total = object
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     let mut reason = text(object, "/status/phase");
-    if let Some(r) = object.pointer("/status/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+    if let Some(r) = object
+        .pointer("/status/reason")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
         reason = r.to_string();
     }
     let mut ready = 0;
     let mut restarts = 0;
     let mut last_restart: Option<Timestamp> = None;
     let mut has_running = false;
-    let statuses = object.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    let statuses = object
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for status in statuses.iter().rev() {
         restarts += status["restartCount"].as_i64().unwrap_or(0);
-        if let Some(finished) = status.pointer("/lastState/terminated/finishedAt").and_then(Value::as_str).and_then(|t| t.parse::<Timestamp>().ok())
+        if let Some(finished) = status
+            .pointer("/lastState/terminated/finishedAt")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<Timestamp>().ok())
             && last_restart.is_none_or(|l| finished > l)
         {
             last_restart = Some(finished);
         }
-        if let Some(waiting) = status.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        if let Some(waiting) = status
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
             reason = waiting.to_string();
         } else if let Some(terminated) = status.pointer("/state/terminated") {
             reason = match terminated["reason"].as_str().filter(|r| !r.is_empty()) {
@@ -365,7 +555,9 @@ fn pod_cells(object: &Value, name: String, age: Value, now: Timestamp) -> Vec<Va
                     None => format!("ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
                 },
             };
-        } else if status["ready"].as_bool() == Some(true) && status.pointer("/state/running").is_some() {
+        } else if status["ready"].as_bool() == Some(true)
+            && status.pointer("/state/running").is_some()
+        {
             has_running = true;
             ready += 1;
         }
@@ -373,24 +565,45 @@ fn pod_cells(object: &Value, name: String, age: Value, now: Timestamp) -> Vec<Va
     if reason == "Completed" && has_running {
         reason = "Running".into();
     }
-    if object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
-        reason = if object.pointer("/status/reason").and_then(Value::as_str) == Some("NodeLost") { "Unknown".into() } else { "Terminating".into() };
+    if object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        reason = if object.pointer("/status/reason").and_then(Value::as_str) == Some("NodeLost") {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     let restarts_text = match last_restart {
-        Some(at) => format!("{restarts} ({} ago)", human_duration(now.duration_since(at).as_secs())),
+        Some(at) => format!(
+            "{restarts} ({} ago)",
+            human_duration(now.duration_since(at).as_secs())
+        ),
         None => restarts.to_string(),
     };
-    let gates = object.pointer("/spec/readinessGates").and_then(Value::as_array).map_or(0, Vec::len);
+    let gates = object
+        .pointer("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     let gates_text = if gates == 0 {
         "<none>".to_string()
     } else {
-        let conditions = object.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let conditions = object
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let true_gates = object
             .pointer("/spec/readinessGates")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter(|g| conditions.iter().any(|c| c["type"] == g["conditionType"] && c["status"] == "True"))
+            .filter(|g| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+            })
             .count();
         format!("{true_gates}/{gates}")
     };
@@ -412,19 +625,36 @@ fn event_cells(object: &Value, name: String, now: Timestamp) -> Vec<Value> {
         .iter()
         .find_map(|p| object.pointer(p).and_then(Value::as_str))
         .map(str::to_string);
-    let last = ["/series/lastObservedTime", "/lastTimestamp", "/deprecatedLastTimestamp", "/eventTime"]
-        .iter()
-        .find_map(|p| object.pointer(p).and_then(Value::as_str))
-        .map(str::to_string);
-    let regarding = object.get("involvedObject").or_else(|| object.get("regarding")).cloned().unwrap_or(Value::Null);
+    let last = [
+        "/series/lastObservedTime",
+        "/lastTimestamp",
+        "/deprecatedLastTimestamp",
+        "/eventTime",
+    ]
+    .iter()
+    .find_map(|p| object.pointer(p).and_then(Value::as_str))
+    .map(str::to_string);
+    let regarding = object
+        .get("involvedObject")
+        .or_else(|| object.get("regarding"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let count = object
         .pointer("/series/count")
         .or_else(|| object.get("count"))
         .or_else(|| object.get("deprecatedCount"))
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    let message = object.get("message").or_else(|| object.get("note")).and_then(Value::as_str).unwrap_or("");
-    let source = match (text(object, "/source/component"), text(object, "/reportingController"), text(object, "/reportingComponent")) {
+    let message = object
+        .get("message")
+        .or_else(|| object.get("note"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let source = match (
+        text(object, "/source/component"),
+        text(object, "/reportingController"),
+        text(object, "/reportingComponent"),
+    ) {
         (s, _, _) if !s.is_empty() => s,
         (_, s, _) if !s.is_empty() => s,
         (_, _, s) => s,
@@ -433,7 +663,12 @@ fn event_cells(object: &Value, name: String, now: Timestamp) -> Vec<Value> {
         since(last.as_deref(), now).into(),
         text(object, "/type").into(),
         text(object, "/reason").into(),
-        format!("{}/{}", regarding["kind"].as_str().unwrap_or("").to_lowercase(), regarding["name"].as_str().unwrap_or("")).into(),
+        format!(
+            "{}/{}",
+            regarding["kind"].as_str().unwrap_or("").to_lowercase(),
+            regarding["name"].as_str().unwrap_or("")
+        )
+        .into(),
         text(&regarding, "/fieldPath").into(),
         source.into(),
         message.into(),
@@ -446,20 +681,37 @@ fn event_cells(object: &Value, name: String, now: Timestamp) -> Vec<Value> {
 /// A Kubernetes JSONPath of a printer column (`.spec.x`, `{.spec.x}`) as RFC 9535 JSONPath.
 fn to_rfc_path(path: &str) -> String {
     let path = path.trim();
-    let path = path.strip_prefix('{').and_then(|p| p.strip_suffix('}')).unwrap_or(path);
+    let path = path
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or(path);
     let path = path.strip_prefix('$').unwrap_or(path);
-    if path.starts_with('.') || path.starts_with('[') { format!("${path}") } else { format!("$.{path}") }
+    if path.starts_with('.') || path.starts_with('[') {
+        format!("${path}")
+    } else {
+        format!("$.{path}")
+    }
 }
 
 fn custom_cell(column: &Column, object: &Value, now: Timestamp) -> Value {
-    let Some(path) = &column.json_path else { return Value::Null };
-    let Ok(results) = object.query(&to_rfc_path(path)) else { return Value::Null };
-    let Some(value) = results.first().copied() else { return Value::Null };
+    let Some(path) = &column.json_path else {
+        return Value::Null;
+    };
+    let Ok(results) = object.query(&to_rfc_path(path)) else {
+        return Value::Null;
+    };
+    let Some(value) = results.first().copied() else {
+        return Value::Null;
+    };
     match (column.type_, value) {
         (_, Value::Null) => Value::Null,
         ("string", Value::String(s)) => Value::String(s.clone()),
         ("string", other) => Value::String(other.to_string()),
-        ("integer", Value::Number(n)) => n.as_i64().map(Value::from).or_else(|| n.as_f64().map(|f| Value::from(f as i64))).unwrap_or(Value::Null),
+        ("integer", Value::Number(n)) => n
+            .as_i64()
+            .map(Value::from)
+            .or_else(|| n.as_f64().map(|f| Value::from(f as i64)))
+            .unwrap_or(Value::Null),
         ("number", Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
         ("boolean", Value::Bool(b)) => Value::Bool(*b),
         ("date", Value::String(s)) => match s.parse::<Timestamp>() {
@@ -477,7 +729,20 @@ mod tests {
 
     #[test]
     fn human_durations_as_kubectl_prints_them() {
-        let cases = [(0, "0s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"), (3 * 3600, "3h"), (3 * 3600 + 120, "3h2m"), (9 * 3600, "9h"), (50 * 3600, "2d2h"), (10 * 86400, "10d"), (800 * 86400, "2y70d"), (-5, "<invalid>")];
+        let cases = [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 120, "3h2m"),
+            (9 * 3600, "9h"),
+            (50 * 3600, "2d2h"),
+            (10 * 86400, "10d"),
+            (800 * 86400, "2y70d"),
+            (-5, "<invalid>"),
+        ];
         for (seconds, want) in cases {
             assert_eq!(human_duration(seconds), want, "{seconds}");
         }
@@ -497,7 +762,20 @@ mod tests {
             ]}
         });
         let row = cells(&pods, &pod, now);
-        assert_eq!(row, vec![json!("p"), json!("1/2"), json!("CrashLoopBackOff"), json!("1"), json!("10m"), json!("127.0.0.2"), json!("n1"), json!("<none>"), json!("<none>")]);
+        assert_eq!(
+            row,
+            vec![
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("1"),
+                json!("10m"),
+                json!("127.0.0.2"),
+                json!("n1"),
+                json!("<none>"),
+                json!("<none>")
+            ]
+        );
         let mut terminating = pod.clone();
         terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:11:00Z");
         assert_eq!(cells(&pods, &terminating, now)[2], "Terminating");
@@ -520,7 +798,16 @@ mod tests {
         let now: Timestamp = "2026-01-01T01:00:00Z".parse().expect("time");
         let object = json!({"metadata": {"name": "a", "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"port": 6379},
             "status": {"master": "a-0", "conditions": [{"type": "Other", "status": "False"}, {"type": "Ready", "status": "True"}]}});
-        assert_eq!(cells(&types[0], &object, now), vec![json!("a"), json!("a-0"), json!("True"), json!(6379), json!("60m")]);
+        assert_eq!(
+            cells(&types[0], &object, now),
+            vec![
+                json!("a"),
+                json!("a-0"),
+                json!("True"),
+                json!(6379),
+                json!("60m")
+            ]
+        );
         let bare = json!({"metadata": {"name": "b"}});
         assert_eq!(cells(&types[0], &bare, now)[1], Value::Null);
     }

@@ -30,27 +30,39 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, kind: &ResourceType, object: &Value) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
-            && self.labels.matches(object["metadata"]["labels"].as_object())
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+            && self
+                .labels
+                .matches(object["metadata"]["labels"].as_object())
             && self.fields.matches(kind, object)
     }
 }
 
 /// The event a change becomes for one watcher, if any (`cacheWatcher.convertToWatchEvent`).
-fn event_for(kind: &ResourceType, filter: &Filter, change: &Change) -> Option<(&'static str, Value)> {
+fn event_for(
+    kind: &ResourceType,
+    filter: &Filter,
+    change: &Change,
+) -> Option<(&'static str, Value)> {
     let now = filter.matches(kind, &change.object);
     match change.kind {
         ChangeKind::Added => now.then(|| ("ADDED", (*change.object).clone())),
         ChangeKind::Deleted => now.then(|| ("DELETED", (*change.object).clone())),
         ChangeKind::Modified => {
-            let before = change.previous.as_ref().is_some_and(|p| filter.matches(kind, p));
+            let before = change
+                .previous
+                .as_ref()
+                .is_some_and(|p| filter.matches(kind, p));
             match (before, now) {
                 (true, true) => Some(("MODIFIED", (*change.object).clone())),
                 (false, true) => Some(("ADDED", (*change.object).clone())),
                 (true, false) => {
                     // The previous content, carrying this change's resourceVersion.
                     let mut previous = change.previous.as_deref().cloned().unwrap_or(Value::Null);
-                    if let Some(meta) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
+                    if let Some(meta) = previous.get_mut("metadata").and_then(Value::as_object_mut)
+                    {
                         meta.insert("resourceVersion".into(), change.rv.to_string().into());
                     }
                     Some(("DELETED", previous))
@@ -68,7 +80,13 @@ fn line(event_type: &str, object: Value) -> Bytes {
 }
 
 /// Starts a watch; the reply streams until the timeout, a client hang-up or a fault.
-pub fn start(api: &Arc<Api>, kind: &Arc<ResourceType>, namespace: Option<&str>, query: &Query, output: Output) -> ApiResult<Reply> {
+pub fn start(
+    api: &Arc<Api>,
+    kind: &Arc<ResourceType>,
+    namespace: Option<&str>,
+    query: &Query,
+    output: Output,
+) -> ApiResult<Reply> {
     let filter = Filter {
         namespace: namespace.map(str::to_string),
         labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
@@ -76,10 +94,15 @@ pub fn start(api: &Arc<Api>, kind: &Arc<ResourceType>, namespace: Option<&str>, 
     };
     let from = match query.get("resourceVersion").unwrap_or("") {
         "" | "0" => None,
-        rv => Some(rv.parse::<u64>().map_err(|_| Status::bad_request(format!("invalid resource version: {rv:?}")))?),
+        rv => Some(
+            rv.parse::<u64>()
+                .map_err(|_| Status::bad_request(format!("invalid resource version: {rv:?}")))?,
+        ),
     };
     if query.flag("sendInitialEvents") {
-        return Err(Status::bad_request("sendInitialEvents is not supported by this server"));
+        return Err(Status::bad_request(
+            "sendInitialEvents is not supported by this server",
+        ));
     }
     // Without timeoutSeconds the real server picks a random timeout of 30-60 minutes.
     let timeout = match query.integer("timeoutSeconds")? {
@@ -88,9 +111,21 @@ pub fn start(api: &Arc<Api>, kind: &Arc<ResourceType>, namespace: Option<&str>, 
     };
     let bookmarks = query.flag("allowWatchBookmarks");
     let (sender, receiver) = mpsc::channel(256);
-    let watcher = Watcher { api: api.clone(), kind: kind.clone(), filter, output, bookmarks, sender };
+    let watcher = Watcher {
+        api: api.clone(),
+        kind: kind.clone(),
+        filter,
+        output,
+        bookmarks,
+        sender,
+    };
     tokio::spawn(watcher.run(from, Instant::now() + timeout));
-    Ok(Reply { code: 200, content_type: "application/json", body: Body::Watch(receiver), warnings: Vec::new() })
+    Ok(Reply {
+        code: 200,
+        content_type: "application/json",
+        body: Body::Watch(receiver),
+        warnings: Vec::new(),
+    })
 }
 
 struct Watcher {
@@ -107,7 +142,10 @@ impl Watcher {
     async fn send(&self, event_type: &str, object: &Value, headers: &mut bool) -> bool {
         let rendered = render(&self.kind, object, self.output, *headers);
         *headers = false;
-        self.sender.send(Ok(line(event_type, rendered))).await.is_ok()
+        self.sender
+            .send(Ok(line(event_type, rendered)))
+            .await
+            .is_ok()
     }
 
     async fn run(self, from: Option<u64>, deadline: Instant) {
@@ -120,10 +158,16 @@ impl Watcher {
             let state = self.api.lock();
             match from {
                 Some(rv) => (rv, Vec::new()),
-                None => (state.resource_version(), state.list(&resource, self.filter.namespace.as_deref())),
+                None => (
+                    state.resource_version(),
+                    state.list(&resource, self.filter.namespace.as_deref()),
+                ),
             }
         };
-        for object in initial.iter().filter(|o| self.filter.matches(&self.kind, o)) {
+        for object in initial
+            .iter()
+            .filter(|o| self.filter.matches(&self.kind, o))
+        {
             if !self.send("ADDED", object, &mut headers).await {
                 return;
             }
@@ -139,7 +183,10 @@ impl Watcher {
             let (batch, newest) = match batch {
                 Ok(found) => found,
                 Err(too_old) => {
-                    let status = Status::gone(format!("too old resource version: {cursor} ({})", too_old.oldest));
+                    let status = Status::gone(format!(
+                        "too old resource version: {cursor} ({})",
+                        too_old.oldest
+                    ));
                     let _ = self.sender.send(Ok(line("ERROR", status.to_json()))).await;
                     return;
                 }

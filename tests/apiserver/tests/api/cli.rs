@@ -11,8 +11,14 @@ use crate::support::eventually;
 const BINARY: &str = env!("CARGO_BIN_EXE_test-apiserver");
 
 async fn run(args: &[&str]) -> std::process::Output {
-    let output = tokio::process::Command::new(BINARY).args(args).kill_on_drop(true).output();
-    tokio::time::timeout(Duration::from_secs(20), output).await.expect("exits").expect("runs")
+    let output = tokio::process::Command::new(BINARY)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("exits")
+        .expect("runs")
 }
 
 fn one_error_line(output: &std::process::Output) -> String {
@@ -38,22 +44,45 @@ async fn bad_flags_and_a_busy_port_are_one_error_line() {
 async fn the_binary_serves_kubectl_until_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(BINARY)
-        .args(["--listen", &listen, "--kubeconfig", kubeconfig.to_str().expect("path")])
+        .args([
+            "--listen",
+            &listen,
+            "--kubeconfig",
+            kubeconfig.to_str().expect("path"),
+        ])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("starts");
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), stderr.next_line()).await.expect("announces").expect("reads");
-    assert_eq!(line.as_deref(), Some(format!("test-apiserver serving on http://{listen}").as_str()));
+    let line = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+        .await
+        .expect("announces")
+        .expect("reads");
+    assert_eq!(
+        line.as_deref(),
+        Some(format!("test-apiserver serving on http://{listen}").as_str())
+    );
     let written = std::fs::read_to_string(&kubeconfig).expect("kubeconfig written");
-    assert!(written.contains(&format!("server: http://{listen}")) && written.contains("namespace: default"));
+    assert!(
+        written.contains(&format!("server: http://{listen}"))
+            && written.contains("namespace: default")
+    );
     let home = tempfile::tempdir().expect("home");
     let output = tokio::process::Command::new(crate::support::kubectl_binary())
-        .args(["get", "namespaces", "-o", "name", &format!("--cache-dir={}", home.path().join("cache").display())])
+        .args([
+            "get",
+            "namespaces",
+            "-o",
+            "name",
+            &format!("--cache-dir={}", home.path().join("cache").display()),
+        ])
         .env_clear()
         .env("HOME", home.path())
         .env("KUBECONFIG", &kubeconfig)
@@ -61,13 +90,26 @@ async fn the_binary_serves_kubectl_until_sigterm() {
         .await
         .expect("kubectl runs");
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout).lines().collect::<Vec<_>>(),
-        vec!["namespace/default", "namespace/kube-node-lease", "namespace/kube-public", "namespace/kube-system"]
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        vec![
+            "namespace/default",
+            "namespace/kube-node-lease",
+            "namespace/kube-public",
+            "namespace/kube-system"
+        ]
     );
     let pid = child.id().expect("pid");
     // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits on SIGTERM").expect("waits");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits on SIGTERM")
+        .expect("waits");
     assert!(status.success(), "{status}");
-    eventually("the port to close", Duration::from_secs(5), || async { std::net::TcpStream::connect(&listen).is_err().then_some(()) }).await;
+    eventually("the port to close", Duration::from_secs(5), || async {
+        std::net::TcpStream::connect(&listen).is_err().then_some(())
+    })
+    .await;
 }

@@ -13,14 +13,22 @@ use test_apiserver::{ApiServer, Options};
 use crate::support::{client, http, http_json, install_crd, server};
 
 fn config_map(name: &str) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).expect("configmap")
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+        .expect("configmap")
 }
 
 #[tokio::test]
 async fn malformed_requests_get_status_errors_and_never_hang() {
     let server = server().await;
     install_crd(&client(&server).await).await;
-    let (code, _) = http_json(&server, "POST", "/api/v1/namespaces/default/configmaps", "application/json", r#"{"metadata":{"name":"c"}}"#).await;
+    let (code, _) = http_json(
+        &server,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        r#"{"metadata":{"name":"c"}}"#,
+    )
+    .await;
     assert_eq!(code, 201);
     let pairs = "/apis/redispair.io/v1/namespaces/default/redispairs";
     let deep = format!("{}{}", "[".repeat(10000), "]".repeat(10000));
@@ -72,21 +80,45 @@ async fn malformed_requests_get_status_errors_and_never_hang() {
         ("POST", format!("{pairs}?fieldValidation=Strict"), "application/json", r#"{"apiVersion":"redispair.io/v1","kind":"RedisPair","metadata":{"name":"p"},"spec":{"port":1,"x":1}}"#.into(), 400),
     ];
     for (method, path, content_type, body, want) in cases {
-        let (code, text) = http(&server, method, &path, &[("Content-Type", content_type)], body.as_bytes()).await;
+        let (code, text) = http(
+            &server,
+            method,
+            &path,
+            &[("Content-Type", content_type)],
+            body.as_bytes(),
+        )
+        .await;
         assert_eq!(code, want, "{method} {path} {body:.80}: {text}");
         if code >= 400 {
-            let status: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not a Status ({e}): {text}"));
-            assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(u64::from(code))), "{method} {path}");
-            assert!(!status["reason"].as_str().unwrap_or("").is_empty(), "{method} {path}: {text}");
+            let status: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not a Status ({e}): {text}"));
+            assert_eq!(
+                (status["kind"].as_str(), status["code"].as_u64()),
+                (Some("Status"), Some(u64::from(code))),
+                "{method} {path}"
+            );
+            assert!(
+                !status["reason"].as_str().unwrap_or("").is_empty(),
+                "{method} {path}: {text}"
+            );
         }
     }
     // Not HTTP at all: the connection is answered or closed, never left hanging.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], b"GET / HTTP/9.9\r\n\r\n", b"NOT A REQUEST\r\n\r\n"] {
-        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"NOT A REQUEST\r\n\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connects");
         stream.write_all(garbage).await.expect("writes");
         let mut sink = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await.expect("closed in time").ok();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink))
+            .await
+            .expect("closed in time")
+            .ok();
     }
     let (code, _) = http(&server, "GET", "/version", &[], b"").await;
     assert_eq!(code, 200, "still serving");
@@ -95,7 +127,14 @@ async fn malformed_requests_get_status_errors_and_never_hang() {
 #[tokio::test]
 async fn error_bodies_are_the_real_status_objects() {
     let server = server().await;
-    let (code, status) = http_json(&server, "GET", "/api/v1/namespaces/default/pods/nope", "", "").await;
+    let (code, status) = http_json(
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods/nope",
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
     assert_eq!(
         status,
@@ -103,10 +142,31 @@ async fn error_bodies_are_the_real_status_objects() {
                "reason": "NotFound", "details": {"name": "nope", "kind": "pods"}, "code": 404})
     );
     let (_, status) = http_json(&server, "GET", "/api/v1/nothings", "", "").await;
-    assert_eq!(status["message"], "the server could not find the requested resource");
-    let (code, status) = http_json(&server, "DELETE", "/api/v1/namespaces/default/configmaps", "", "").await;
-    assert_eq!((code, status["kind"].as_str()), (200, Some("ConfigMapList")), "deletecollection");
-    let (code, status) = http_json(&server, "PUT", "/api/v1/namespaces/default", "application/json", r#"{"metadata":{"name":"default","resourceVersion":"1"}}"#).await;
+    assert_eq!(
+        status["message"],
+        "the server could not find the requested resource"
+    );
+    let (code, status) = http_json(
+        &server,
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (code, status["kind"].as_str()),
+        (200, Some("ConfigMapList")),
+        "deletecollection"
+    );
+    let (code, status) = http_json(
+        &server,
+        "PUT",
+        "/api/v1/namespaces/default",
+        "application/json",
+        r#"{"metadata":{"name":"default","resourceVersion":"1"}}"#,
+    )
+    .await;
     assert_eq!((code, status["reason"].as_str()), (409, Some("Conflict")));
 }
 
@@ -114,55 +174,153 @@ async fn error_bodies_are_the_real_status_objects() {
 async fn discovery_answers_as_a_1_33_server() {
     let server = server().await;
     let (_, version) = http_json(&server, "GET", "/version", "", "").await;
-    assert_eq!((version["major"].as_str(), version["minor"].as_str()), (Some("1"), Some("33")));
+    assert_eq!(
+        (version["major"].as_str(), version["minor"].as_str()),
+        (Some("1"), Some("33"))
+    );
     let (_, api) = http_json(&server, "GET", "/api", "", "").await;
     assert_eq!(api["versions"], json!(["v1"]));
     let (_, core) = http_json(&server, "GET", "/api/v1", "", "").await;
-    let pods = core["resources"].as_array().expect("resources").iter().find(|r| r["name"] == "pods").expect("pods").clone();
-    assert_eq!((pods["kind"].as_str(), pods["namespaced"].as_bool(), pods["shortNames"].clone()), (Some("Pod"), Some(true), json!(["po"])));
-    assert!(core["resources"].as_array().expect("resources").iter().any(|r| r["name"] == "pods/status"));
-    let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    let pods = core["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods")
+        .expect("pods")
+        .clone();
+    assert_eq!(
+        (
+            pods["kind"].as_str(),
+            pods["namespaced"].as_bool(),
+            pods["shortNames"].clone()
+        ),
+        (Some("Pod"), Some(true), json!(["po"]))
+    );
+    assert!(
+        core["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r["name"] == "pods/status")
+    );
+    let accept =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connects");
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    stream.write_all(format!("GET /apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {accept}\r\n\r\n").as_bytes()).await.expect("writes");
+    stream
+        .write_all(
+            format!(
+                "GET /apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {accept}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("writes");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("reads");
     let text = String::from_utf8_lossy(&raw);
-    assert!(text.contains("Content-Type: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList") || text.contains("content-type: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"), "{text:.400}");
+    assert!(
+        text.contains(
+            "Content-Type: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        ) || text.contains(
+            "content-type: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        ),
+        "{text:.400}"
+    );
     let (_, body) = crate::support::parse_response(&raw);
     let aggregated: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(aggregated["kind"], "APIGroupDiscoveryList");
-    assert!(aggregated["items"].as_array().expect("items").iter().any(|g| g["metadata"]["name"] == "coordination.k8s.io"));
+    assert!(
+        aggregated["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|g| g["metadata"]["name"] == "coordination.k8s.io")
+    );
     let (_, openapi) = http_json(&server, "GET", "/openapi/v3", "", "").await;
-    let url = openapi["paths"]["api/v1"]["serverRelativeURL"].as_str().expect("api/v1 document").to_string();
+    let url = openapi["paths"]["api/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("api/v1 document")
+        .to_string();
     let (code, document) = http_json(&server, "GET", &url, "", "").await;
     assert_eq!(code, 200);
     let patch = &document["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
-    assert_eq!(patch["x-kubernetes-group-version-kind"], json!({"group": "", "version": "v1", "kind": "Pod"}));
-    assert!(patch["parameters"].as_array().expect("parameters").iter().any(|p| p["name"] == "fieldValidation"));
+    assert_eq!(
+        patch["x-kubernetes-group-version-kind"],
+        json!({"group": "", "version": "v1", "kind": "Pod"})
+    );
+    assert!(
+        patch["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .any(|p| p["name"] == "fieldValidation")
+    );
 }
 
 #[tokio::test]
 async fn watches_resume_send_bookmarks_time_out_and_expire() {
-    let server = ApiServer::start(Options { bookmark_interval: Duration::from_millis(200), ..Options::default() }).await.expect("starts");
+    let server = ApiServer::start(Options {
+        bookmark_interval: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await
+    .expect("starts");
     let client = client(&server).await;
     let maps: Api<ConfigMap> = Api::default_namespaced(client);
-    let first = maps.create(&PostParams::default(), &config_map("a")).await.expect("created");
+    let first = maps
+        .create(&PostParams::default(), &config_map("a"))
+        .await
+        .expect("created");
     let from = first.metadata.resource_version.clone().expect("rv");
-    maps.create(&PostParams::default(), &config_map("b")).await.expect("created");
-    maps.create(&PostParams::default(), &config_map("c")).await.expect("created");
+    maps.create(&PostParams::default(), &config_map("b"))
+        .await
+        .expect("created");
+    maps.create(&PostParams::default(), &config_map("c"))
+        .await
+        .expect("created");
     // Resume: only what came after `from`, then bookmarks at the newest version.
     let params = WatchParams::default().timeout(2);
     let started = Instant::now();
-    let events: Vec<WatchEvent<ConfigMap>> = maps.watch(&params, &from).await.expect("watch").try_collect().await.expect("stream");
+    let events: Vec<WatchEvent<ConfigMap>> = maps
+        .watch(&params, &from)
+        .await
+        .expect("watch")
+        .try_collect()
+        .await
+        .expect("stream");
     let elapsed = started.elapsed();
-    let added: Vec<String> = events.iter().filter_map(|e| if let WatchEvent::Added(c) = e { c.metadata.name.clone() } else { None }).collect();
+    let added: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            if let WatchEvent::Added(c) = e {
+                c.metadata.name.clone()
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(added, vec!["b", "c"]);
-    let bookmark = events.iter().find_map(|e| if let WatchEvent::Bookmark(b) = e { Some(b.metadata.resource_version.clone()) } else { None });
+    let bookmark = events.iter().find_map(|e| {
+        if let WatchEvent::Bookmark(b) = e {
+            Some(b.metadata.resource_version.clone())
+        } else {
+            None
+        }
+    });
     assert_eq!(bookmark, Some(server.resource_version().to_string()));
-    assert!(elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(5), "timeoutSeconds=2 ended it after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(5),
+        "timeoutSeconds=2 ended it after {elapsed:?}"
+    );
     // "0": every current object as ADDED first.
-    let mut stream = maps.watch(&WatchParams::default().timeout(1), "0").await.expect("watch").boxed();
+    let mut stream = maps
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .expect("watch")
+        .boxed();
     let mut initial = Vec::new();
     for _ in 0..3 {
         if let Some(Ok(WatchEvent::Added(c))) = stream.next().await {
@@ -172,18 +330,42 @@ async fn watches_resume_send_bookmarks_time_out_and_expire() {
     assert_eq!(initial, vec!["a", "b", "c"]);
     // Older than the history: an ERROR event with a 410 Status.
     server.compact();
-    let events: Vec<WatchEvent<ConfigMap>> = maps.watch(&WatchParams::default(), &from).await.expect("watch").try_collect().await.expect("stream");
+    let events: Vec<WatchEvent<ConfigMap>> = maps
+        .watch(&WatchParams::default(), &from)
+        .await
+        .expect("watch")
+        .try_collect()
+        .await
+        .expect("stream");
     match events.as_slice() {
         [WatchEvent::Error(error)] => {
             assert_eq!((error.code, error.reason.as_str()), (410, "Expired"));
-            assert!(error.message.starts_with(&format!("too old resource version: {from} (")), "{}", error.message);
+            assert!(
+                error
+                    .message
+                    .starts_with(&format!("too old resource version: {from} (")),
+                "{}",
+                error.message
+            );
         }
         other => panic!("expected one ERROR event, got {other:?}"),
     }
     let list = maps.list(&ListParams::default()).await.expect("list");
-    let exact = maps.list(&ListParams::default().at(&from).matching(kube::api::VersionMatch::Exact)).await;
-    assert!(matches!(exact, Err(kube::Error::Api(s)) if s.code == 410), "an exact read older than the history");
-    assert_eq!(list.metadata.resource_version, Some(server.resource_version().to_string()));
+    let exact = maps
+        .list(
+            &ListParams::default()
+                .at(&from)
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await;
+    assert!(
+        matches!(exact, Err(kube::Error::Api(s)) if s.code == 410),
+        "an exact read older than the history"
+    );
+    assert_eq!(
+        list.metadata.resource_version,
+        Some(server.resource_version().to_string())
+    );
 }
 
 #[tokio::test]
@@ -191,19 +373,40 @@ async fn an_outage_refuses_connections_then_serves_the_same_state() {
     let server = server().await;
     let client = client(&server).await;
     let maps: Api<ConfigMap> = Api::default_namespaced(client);
-    maps.create(&PostParams::default(), &config_map("kept")).await.expect("created");
-    let mut watch = maps.watch(&WatchParams::default(), "0").await.expect("watch").boxed();
+    maps.create(&PostParams::default(), &config_map("kept"))
+        .await
+        .expect("created");
+    let mut watch = maps
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch")
+        .boxed();
     assert!(matches!(watch.next().await, Some(Ok(WatchEvent::Added(_)))));
-    server.refuse_connections_for(Duration::from_millis(500)).await;
+    server
+        .refuse_connections_for(Duration::from_millis(500))
+        .await;
     let refused = tokio::net::TcpStream::connect(server.addr()).await;
-    assert!(refused.is_err(), "the port refuses connections during the outage");
-    let cut = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the open watch is cut");
-    assert!(!matches!(cut, Some(Ok(_))), "no more events on a cut watch: {cut:?}");
-    let back = crate::support::eventually("the port to serve again", Duration::from_secs(5), || async {
-        maps.get("kept").await.ok()
-    })
+    assert!(
+        refused.is_err(),
+        "the port refuses connections during the outage"
+    );
+    let cut = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the open watch is cut");
+    assert!(
+        !matches!(cut, Some(Ok(_))),
+        "no more events on a cut watch: {cut:?}"
+    );
+    let back = crate::support::eventually(
+        "the port to serve again",
+        Duration::from_secs(5),
+        || async { maps.get("kept").await.ok() },
+    )
     .await;
-    assert_eq!(back.data.and_then(|d| d.get("k").cloned()).as_deref(), Some("v"));
+    assert_eq!(
+        back.data.and_then(|d| d.get("k").cloned()).as_deref(),
+        Some("v")
+    );
     server.set_delay(Duration::from_millis(300));
     let started = Instant::now();
     maps.get("kept").await.expect("slow get");

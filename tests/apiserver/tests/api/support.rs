@@ -2,7 +2,6 @@
 //! the real kubectl with its own HOME and cache, raw HTTP, and waiting on conditions with a
 //! deadline instead of sleeping.
 
-
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -15,14 +14,20 @@ use test_apiserver::{ApiServer, Options};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 pub async fn server() -> ApiServer {
-    ApiServer::start(Options::default()).await.expect("the test API server starts")
+    ApiServer::start(Options::default())
+        .await
+        .expect("the test API server starts")
 }
 
 pub async fn client(server: &ApiServer) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).expect("kubeconfig parses");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig loads");
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kubeconfig loads");
     kube::Client::try_from(config).expect("client builds")
 }
 
@@ -46,7 +51,14 @@ where
 
 /// The test custom resource: the shape of redis-pair's RedisPair.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[kube(group = "redispair.io", version = "v1", kind = "RedisPair", namespaced, status = "RedisPairStatus", shortname = "rp")]
+#[kube(
+    group = "redispair.io",
+    version = "v1",
+    kind = "RedisPair",
+    namespaced,
+    status = "RedisPairStatus",
+    shortname = "rp"
+)]
 pub struct RedisPairSpec {
     pub port: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,8 +121,11 @@ pub fn redispair_crd_yaml() -> String {
 pub async fn install_crd(client: &kube::Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
-    let crd: CustomResourceDefinition = serde_json::from_value(redispair_crd()).expect("CRD deserializes");
-    crds.create(&kube::api::PostParams::default(), &crd).await.expect("CRD created");
+    let crd: CustomResourceDefinition =
+        serde_json::from_value(redispair_crd()).expect("CRD deserializes");
+    crds.create(&kube::api::PostParams::default(), &crd)
+        .await
+        .expect("CRD created");
 }
 
 /// The workspace root (the test API server lives at tests/apiserver).
@@ -120,7 +135,9 @@ fn workspace_root() -> PathBuf {
 
 /// The pinned kubectl: `$REDISPAIR_KUBECTL`, else `target/tools/kubectl` of the workspace.
 pub fn kubectl_binary() -> PathBuf {
-    let path = std::env::var_os("REDISPAIR_KUBECTL").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/tools/kubectl"));
+    let path = std::env::var_os("REDISPAIR_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/kubectl"));
     assert!(
         path.is_file(),
         "kubectl not found at {}: run scripts/kube-tools.sh (or set REDISPAIR_KUBECTL)",
@@ -140,8 +157,14 @@ impl Kubectl {
     pub fn new(server: &ApiServer) -> Self {
         let home = tempfile::tempdir().expect("temp HOME");
         let kubeconfig = home.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
-        Kubectl { binary: kubectl_binary(), home, kubeconfig }
+        server
+            .write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig written");
+        Kubectl {
+            binary: kubectl_binary(),
+            home,
+            kubeconfig,
+        }
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -159,7 +182,10 @@ impl Kubectl {
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(args)
-            .arg(format!("--cache-dir={}", self.home.path().join("cache").display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.home.path().join("cache").display()
+            ))
             .env_clear()
             .env("HOME", self.home.path())
             .env("KUBECONFIG", &self.kubeconfig)
@@ -181,23 +207,44 @@ impl Kubectl {
         let output = self.run(args).await;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "kubectl {args:?} failed: {stderr}\n{stdout}");
-        assert!(!stderr.contains("warning") && !stderr.contains("Warning"), "kubectl {args:?} warned: {stderr}");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {stderr}\n{stdout}"
+        );
+        assert!(
+            !stderr.contains("warning") && !stderr.contains("Warning"),
+            "kubectl {args:?} warned: {stderr}"
+        );
         stdout
     }
 
     /// Runs kubectl expecting it to fail; returns its stderr.
     pub async fn fails(&self, args: &[&str]) -> String {
         let output = self.run(args).await;
-        assert!(!output.status.success(), "kubectl {args:?} succeeded: {}", String::from_utf8_lossy(&output.stdout));
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 }
 
 /// One raw HTTP/1.1 request on a fresh connection; returns the status code and body.
-pub async fn http(server: &ApiServer, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub async fn http(
+    server: &ApiServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connects");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -207,7 +254,9 @@ pub async fn http(server: &ApiServer, method: &str, path: &str, headers: &[(&str
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
         .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no complete response in 10s (a hung connection)"))
+        .unwrap_or_else(|_| {
+            panic!("{method} {path}: no complete response in 10s (a hung connection)")
+        })
         .expect("reads");
     parse_response(&response)
 }
@@ -215,15 +264,30 @@ pub async fn http(server: &ApiServer, method: &str, path: &str, headers: &[(&str
 pub fn parse_response(response: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    (code, if chunked { dechunk(body) } else { body.to_string() })
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        code,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    )
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             out.push_str(&rest[..rest.len().min(size)]);
             break;
@@ -235,8 +299,25 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// JSON of a raw request, with the status code.
-pub async fn http_json(server: &ApiServer, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
-    let (code, text) = http(server, method, path, &[("Content-Type", content_type), ("Accept", "application/json")], body.as_bytes()).await;
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+pub async fn http_json(
+    server: &ApiServer,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let (code, text) = http(
+        server,
+        method,
+        path,
+        &[
+            ("Content-Type", content_type),
+            ("Accept", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
     (code, value)
 }
