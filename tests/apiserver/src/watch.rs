@@ -100,8 +100,16 @@ pub fn start(
         ),
     };
     if query.flag("sendInitialEvents") {
-        return Err(Status::bad_request(
-            "sendInitialEvents is not supported by this server",
+        // What a server without the WatchList feature answers.
+        let error = crate::status::FieldError::forbidden(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        );
+        return Err(Status::invalid(
+            "ListOptions.meta.k8s.io",
+            "meta.k8s.io",
+            "",
+            &[error],
         ));
     }
     // Without timeoutSeconds the real server picks a random timeout of 30-60 minutes.

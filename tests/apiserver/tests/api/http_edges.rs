@@ -413,3 +413,58 @@ async fn an_outage_refuses_connections_then_serves_the_same_state() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.set_delay(Duration::ZERO);
 }
+
+#[tokio::test]
+async fn dropping_watches_cuts_every_open_stream() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = server().await;
+    let maps: Api<ConfigMap> = Api::default_namespaced(client(&server).await);
+    maps.create(&PostParams::default(), &config_map("a"))
+        .await
+        .expect("created");
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connects");
+        let request =
+            "GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("writes");
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("\"ADDED\"") {
+            let mut buffer = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .expect("an event")
+                .expect("reads");
+            assert!(n > 0, "the watch ended early");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        streams.push((stream, seen));
+    }
+    server.drop_watches();
+    for (mut stream, mut seen) in streams {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut seen))
+            .await
+            .expect("the stream is cut at once")
+            .ok();
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "an abrupt end (no last chunk), not a clean one: {text}"
+        );
+    }
+    let (code, status) = crate::support::http_json(
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (422, Some("Invalid")),
+        "streaming lists are not served: {status}"
+    );
+}

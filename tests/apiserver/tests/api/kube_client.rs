@@ -652,6 +652,19 @@ async fn a_pod_bound_to_a_node_is_deleted_gracefully() {
         labelled.labels().get("app").map(String::as_str),
         Some("redis")
     );
+    let everywhere: Api<Pod> = Api::all(client.clone());
+    let listed = everywhere
+        .list(&ListParams::default().fields("spec.nodeName=node-1"))
+        .await
+        .expect("cluster-wide list");
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>(),
+        vec!["bound"]
+    );
     let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
     while !matches!(
         tokio::time::timeout(DEADLINE, events.try_next())
