@@ -673,7 +673,7 @@ async fn a_deleted_pair_keeps_the_route_and_a_recreated_one_is_followed_from_its
         "the sidecar to see the deletion",
         SETTLE_DEADLINE,
         async || match sidecar.metric("redispair_sidecar_pair_found").await? {
-            v if v == 0.0 => Ok(()),
+            0.0 => Ok(()),
             v => Err(format!("pair_found {v}")),
         },
     )
