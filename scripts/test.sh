@@ -13,16 +13,19 @@ if ! command -v redis-server >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
+echo "==> kubectl and helm (pinned, for the test API server's tests)"
+scripts/kube-tools.sh
+
 echo "==> shell scripts parse"
 for script in scripts/*.sh bench/*.sh .ci/run; do bash -n "$script"; done
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-packaging.sh  # chart, schema, manifests, Dockerfile; installs the helm tests/packaging.rs renders with
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --profile ci
+  cargo nextest run --workspace --locked --profile ci
 else
-  cargo test --locked
+  cargo test --workspace --locked
 fi

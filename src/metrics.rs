@@ -3,7 +3,7 @@
 //! Labels are bounded by construction: a server label takes only the addresses given at
 //! start-up, a reason or command label only the values of a fixed enum, never error text.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -320,5 +320,206 @@ impl ControllerMetrics {
         self.api_writes
             .get_or_create(&ApiWriteLabels { kind, outcome })
             .inc();
+    }
+}
+
+/// A label value type for the sidecar: a fixed enum (so the label is bounded by construction)
+/// written in snake_case, with `ALL` to create every series up front.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// Why the sidecar's route changed.
+    RouteChange {
+        /// New connections go to a published master that answered ROLE `master`.
+        Verified => "verified",
+        /// A newer publication named another master (or the same one again): no new
+        /// connections until it is verified.
+        Superseded => "superseded",
+        /// The newest publication names no master.
+        NoMaster => "no_master",
+        /// The routed master answered ROLE `slave`: no new connections to it.
+        Replica => "replica",
+    }
+}
+
+label_values! {
+    /// What the sidecar made of the annotations of one RedisPair event.
+    PublicationOutcome {
+        /// A newer epoch (or the first): followed.
+        Followed => "followed",
+        /// The epoch it holds, naming the same master (a status update, say): nothing to do.
+        Unchanged => "unchanged",
+        /// A lower epoch than the one it holds: ignored.
+        Stale => "stale",
+        /// The epoch it holds, naming another master: ignored, the first one stands.
+        Conflict => "conflict",
+    }
+}
+
+label_values! {
+    /// The answer of one ROLE check.
+    RoleOutcome {
+        Master => "master",
+        Replica => "replica",
+        Refused => "refused",
+        Timeout => "timeout",
+        AuthFailed => "auth_failed",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// Why the watch of the RedisPair failed (it is resumed with backoff every time).
+    WatchErrorKind {
+        /// No answer from the API server: refused, reset, timed out.
+        Unreachable => "unreachable",
+        /// 401/403: the sidecar's service account may not get/list/watch redispairs.
+        Forbidden => "forbidden",
+        /// 404: the RedisPair CRD is not installed.
+        NotFound => "not_found",
+        /// 410: the resourceVersion it resumed from was compacted; it lists again.
+        Gone => "gone",
+        Other => "other",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteChangeLabel {
+    pub reason: RouteChange,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublicationLabel {
+    pub outcome: PublicationOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleCheckLabel {
+    pub outcome: RoleOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchErrorLabel {
+    pub kind: WatchErrorKind,
+}
+
+/// The sidecar's own view, next to the proxy's metrics: what it follows and how its checks go.
+/// Every label takes only the values of a fixed enum.
+#[derive(Clone, Default)]
+pub struct SidecarMetrics {
+    /// The `redispair.io/epoch` it holds.
+    pub cluster_epoch: Gauge,
+    /// The route generation the proxy follows (rises on every route change).
+    pub route_generation: Gauge,
+    /// 1 while new connections go to a master that answered ROLE `master`.
+    pub master_verified: Gauge,
+    /// 1 while the watched RedisPair exists.
+    pub pair_found: Gauge,
+    pub route_changes: Family<RouteChangeLabel, Counter>,
+    pub publications: Family<PublicationLabel, Counter>,
+    pub role_checks: Family<RoleCheckLabel, Counter>,
+    pub watch_errors: Family<WatchErrorLabel, Counter>,
+    /// Times the annotations turned malformed (each distinct bad value once).
+    pub annotation_errors: Counter,
+}
+
+impl SidecarMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let sidecar = SidecarMetrics::default();
+        registry.register(
+            "sidecar_cluster_epoch",
+            "The redispair.io/epoch the sidecar follows",
+            sidecar.cluster_epoch.clone(),
+        );
+        registry.register(
+            "sidecar_route_generation",
+            "Route generation the proxy follows; rises on every route change",
+            sidecar.route_generation.clone(),
+        );
+        registry.register(
+            "sidecar_master_verified",
+            "1 while new connections go to a published master that answered ROLE master",
+            sidecar.master_verified.clone(),
+        );
+        registry.register(
+            "sidecar_pair_found",
+            "1 while the watched RedisPair exists",
+            sidecar.pair_found.clone(),
+        );
+        registry.register(
+            "sidecar_route_changes",
+            "Changes of where new connections go, by reason",
+            sidecar.route_changes.clone(),
+        );
+        registry.register(
+            "sidecar_publications",
+            "RedisPair events seen, by what their annotations meant",
+            sidecar.publications.clone(),
+        );
+        registry.register(
+            "sidecar_role_checks",
+            "ROLE checks of the published master, by outcome",
+            sidecar.role_checks.clone(),
+        );
+        registry.register(
+            "sidecar_watch_errors",
+            "Failures of the RedisPair watch (resumed with backoff), by kind",
+            sidecar.watch_errors.clone(),
+        );
+        registry.register(
+            "sidecar_annotation_errors",
+            "Times the redispair.io annotations turned malformed",
+            sidecar.annotation_errors.clone(),
+        );
+        // Every series present from the start, so a rate() over the first event is not lost.
+        for &reason in RouteChange::ALL {
+            drop(
+                sidecar
+                    .route_changes
+                    .get_or_create(&RouteChangeLabel { reason }),
+            );
+        }
+        for &outcome in PublicationOutcome::ALL {
+            drop(
+                sidecar
+                    .publications
+                    .get_or_create(&PublicationLabel { outcome }),
+            );
+        }
+        for &outcome in RoleOutcome::ALL {
+            drop(
+                sidecar
+                    .role_checks
+                    .get_or_create(&RoleCheckLabel { outcome }),
+            );
+        }
+        for &kind in WatchErrorKind::ALL {
+            drop(
+                sidecar
+                    .watch_errors
+                    .get_or_create(&WatchErrorLabel { kind }),
+            );
+        }
+        sidecar
     }
 }

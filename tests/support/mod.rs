@@ -5,6 +5,7 @@
 //! leaves nothing running; on a panic the fixtures also print the tail of their logs, which is
 //! what nextest shows next to the failure.
 
+pub mod kube;
 pub mod resp;
 
 use std::collections::HashMap;
@@ -220,6 +221,8 @@ pub struct ServerBuilder {
     masterauth: Option<String>,
     /// Tried before a free port (the harness's own test of port races).
     first_port: Option<u16>,
+    /// The loopback address it binds (default 127.0.0.1).
+    host: Option<String>,
 }
 
 impl ServerBuilder {
@@ -242,6 +245,12 @@ impl ServerBuilder {
     /// Tries `port` first, as if `free_port` had returned it.
     pub fn first_port(mut self, port: u16) -> Self {
         self.first_port = Some(port);
+        self
+    }
+    /// Binds this loopback address instead of 127.0.0.1, so that servers can stand for pods
+    /// with IPs of their own (127.0.0.2, 127.0.0.3, ...). The port is leased as for any other.
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
         self
     }
 
@@ -286,7 +295,8 @@ pub struct Replication {
     pub offset: i64,
 }
 
-/// A real redis-server on 127.0.0.1, no persistence, in its own temp dir.
+/// A real redis-server on loopback (127.0.0.1 unless `ServerBuilder::host`), no persistence,
+/// in its own temp dir.
 pub struct RedisServer {
     port: u16,
     /// Held while the server lives, across kill and restart (None: a port chosen by the test).
@@ -318,9 +328,14 @@ impl RedisServer {
         self.port
     }
 
-    /// "127.0.0.1:port", the form given to `--server` and reported in /status.
+    /// The address it binds: 127.0.0.1 unless `ServerBuilder::host` named another.
+    pub fn host(&self) -> &str {
+        self.config.host.as_deref().unwrap_or("127.0.0.1")
+    }
+
+    /// "host:port", the form given to `--server` and reported in /status.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host(), self.port)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -331,7 +346,7 @@ impl RedisServer {
         let dir = self.dir.path().to_path_buf();
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(&dir)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", self.host()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no"])
             .arg("--dir")

@@ -1,0 +1,298 @@
+//! `redis-pair proxy --pair NAME`: the sidecar of an application pod. It watches one
+//! RedisPair, follows the master its annotations publish (`redispair.io/active` under
+//! `redispair.io/epoch`), routes new connections to it only once the server itself says
+//! `master` (ROLE), and serves clients with the same proxy as local mode.
+//!
+//! - `route`: the decision (pure): which publication is followed, what is routed, readiness.
+//! - `pair`: the RedisPair watch (kube-runtime watcher, field selector, backoff).
+//! - `role`: the ROLE check (redis-rs).
+//! - `follow`: the task that ties them together and feeds the proxy and the admin endpoint.
+//!
+//! Like local mode it validates its configuration before it serves anything (exit 64 with one
+//! line naming the fix); unlike a configuration mistake, an API server that does not answer
+//! yet is an outage: the sidecar keeps trying and is simply not ready.
+
+mod follow;
+mod pair;
+mod role;
+mod route;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::cli::ProxyArgs;
+use crate::cluster::{self, ClusterError};
+use crate::engine::Published;
+use crate::engine::redis_io::{Connector, Credentials};
+use crate::local::PASSWORD_ENV;
+use crate::metrics::{self, ProxyMetrics, SidecarMetrics};
+use crate::proxy;
+
+use self::follow::{Follower, Outputs, View};
+
+/// Deadline for a client's connection to the master (the proxy's connect timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("{flag} {value:?} is not a valid Kubernetes name: {why}")]
+    InvalidName {
+        flag: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error(
+        "cannot tell which namespace RedisPair {pair} is in: give --namespace, set POD_NAMESPACE \
+         (in a pod: env from fieldRef metadata.namespace), or run in a pod with a service account"
+    )]
+    NoNamespace { pair: String },
+    #[error("cannot read --password-file {path}: {source}; check the path and its permissions")]
+    PasswordFile { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot listen on {addr} ({flag}): {source}; stop whatever holds it or pick another address"
+    )]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("--listen-unix: {0}")]
+    ListenUnix(#[from] proxy::UnixListenError),
+    #[error("{0}")]
+    Kubernetes(#[from] ClusterError),
+    #[error("the sidecar's follower stopped unexpectedly ({0}); restart it and report a bug")]
+    FollowerStopped(&'static str),
+}
+
+impl SidecarError {
+    /// 64 (EX_USAGE) for anything the user fixes in the configuration, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SidecarError::FollowerStopped(_) => 1,
+            _ => 64,
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
+    check_name("--pair", &args.pair, 253)?;
+    let namespace = namespace(&args)?;
+    check_name("--namespace", &namespace, 63)?;
+    let credentials = Credentials {
+        username: args.credentials.username.clone(),
+        password: read_password(args.credentials.password_file.as_ref())?,
+    };
+    let listeners = proxy::Listeners {
+        tcp: bind("--listen", args.listen).await?,
+        unix: match &args.proxy.listen_unix {
+            Some(path) => Some(proxy::UnixSocketListener::bind(path)?),
+            None => None,
+        },
+    };
+    let admin_listener = bind("--admin-listen", args.admin_listen).await?;
+    // Only a configuration that names no cluster at all is fatal; one whose API server does
+    // not answer yet is an outage, which the watch rides out with backoff.
+    let cluster = cluster::connect().await?;
+
+    let mut registry = metrics::registry();
+    let proxy_metrics = ProxyMetrics::register(&mut registry);
+    let sidecar_metrics = SidecarMetrics::register(&mut registry);
+    let (route_tx, route_rx) = watch::channel(Published::default());
+    let (view_tx, view_rx) = watch::channel(View {
+        pair: args.pair.clone(),
+        namespace: namespace.clone(),
+        cluster_epoch: None,
+        master: None,
+        route_generation: 0,
+        not_ready: Some("starting".into()),
+        watching: false,
+    });
+    let follower = Follower::new(
+        Connector::new(credentials, role::ROLE_TIMEOUT),
+        Outputs {
+            route: route_tx,
+            view: view_tx,
+            metrics: sidecar_metrics,
+        },
+    );
+    let events = pair::events(cluster.client, &namespace, &args.pair);
+
+    let stop_follower = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let mut follower_task = tokio::spawn(follower.run(events, stop_follower.clone()));
+    let admin_state = Arc::new(AdminState {
+        registry,
+        // The listeners are bound before this serves, so "a verified master is known" is all
+        // that is left to wait for; draining is the admin endpoint's own 503.
+        ready: {
+            let view = view_rx.clone();
+            let pair = format!("RedisPair {namespace}/{}", args.pair);
+            Box::new(move || match &view.borrow().not_ready {
+                None => Ok(()),
+                Some(why) => Err(format!("{pair}: {why}")),
+            })
+        },
+        status: Some(Box::new(move || {
+            serde_json::to_value(&*view_rx.borrow()).unwrap_or_default()
+        })),
+        engine: None,
+        draining: stop_accepting.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state,
+        stop_admin.clone(),
+    ));
+    let proxy_task = tokio::spawn(proxy::serve(
+        listeners,
+        route_rx,
+        proxy_metrics,
+        args.proxy.config(CONNECT_TIMEOUT),
+        stop_accepting.clone(),
+    ));
+    info!(
+        pair = %args.pair,
+        namespace = %namespace,
+        listen = %args.listen,
+        listen_unix = args.proxy.listen_unix.as_ref().map(|p| p.display().to_string()),
+        admin = %args.admin_listen,
+        "redis-pair proxy started"
+    );
+
+    tokio::select! {
+        () = wait_for_signal() => {}
+        ended = &mut follower_task => {
+            // The follower only returns when told to; a proxy without it would route on stale
+            // information forever.
+            stop_accepting.cancel();
+            stop_admin.cancel();
+            return Err(SidecarError::FollowerStopped(match ended {
+                Err(e) if e.is_panic() => "it panicked",
+                _ => "it returned",
+            }));
+        }
+    }
+    info!("shutting down: no new connections, draining open ones");
+    stop_accepting.cancel();
+    let _ = proxy_task.await;
+    stop_follower.cancel();
+    stop_admin.cancel();
+    let _ = follower_task.await;
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// `--namespace`, else `POD_NAMESPACE` (both through clap), else the service account's
+/// namespace file. Never the kubeconfig context's: a sidecar that silently watched another
+/// namespace's RedisPair of the same name would route an application to the wrong Redis.
+fn namespace(args: &ProxyArgs) -> Result<String, SidecarError> {
+    args.namespace
+        .as_deref()
+        .map(str::trim)
+        .filter(|ns| !ns.is_empty())
+        .map(str::to_owned)
+        .or_else(cluster::pod_namespace)
+        .ok_or_else(|| SidecarError::NoNamespace {
+            pair: args.pair.clone(),
+        })
+}
+
+/// A DNS-1123 name as Kubernetes requires of objects (subdomain, `max` 253) and namespaces
+/// (label, `max` 63): a typo is reported now, not as a watch that never finds anything.
+fn check_name(flag: &'static str, value: &str, max: usize) -> Result<(), SidecarError> {
+    let fail = |why| SidecarError::InvalidName {
+        flag,
+        value: value.to_owned(),
+        why,
+    };
+    if value.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    if value.len() > max {
+        return Err(fail("it is too long"));
+    }
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    let dots = max == 253;
+    for part in value.split('.') {
+        if !dots && part.len() != value.len() {
+            return Err(fail("a namespace has no dots"));
+        }
+        let bytes = part.as_bytes();
+        if !bytes.iter().all(|&b| allowed(b)) {
+            return Err(fail("use lowercase letters, digits and '-'"));
+        }
+        if bytes.first().is_none_or(|b| *b == b'-') || bytes.last().is_none_or(|b| *b == b'-') {
+            return Err(fail("it must start and end with a letter or digit"));
+        }
+    }
+    Ok(())
+}
+
+fn read_password(file: Option<&PathBuf>) -> Result<Option<String>, SidecarError> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|source| SidecarError::PasswordFile {
+                path: path.clone(),
+                source,
+            }),
+        None => Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())),
+    }
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::Listen { flag, addr, source })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_as_kubernetes_checks_them() {
+        assert!(check_name("--pair", "cache", 253).is_ok());
+        assert!(check_name("--pair", "cache-1.eu", 253).is_ok());
+        assert!(check_name("--namespace", "apps-2", 63).is_ok());
+        for bad in ["", "Cache", "cache_1", "-cache", "cache-", "a..b", ".a"] {
+            assert!(check_name("--pair", bad, 253).is_err(), "{bad:?}");
+        }
+        assert!(check_name("--namespace", "a.b", 63).is_err());
+        assert!(check_name("--namespace", &"a".repeat(64), 63).is_err());
+        assert!(check_name("--pair", &"a".repeat(254), 253).is_err());
+    }
+
+    #[test]
+    fn configuration_mistakes_exit_64_and_a_stopped_follower_1() {
+        let no_ns = SidecarError::NoNamespace {
+            pair: "cache".into(),
+        };
+        assert_eq!(no_ns.exit_code(), 64);
+        assert_eq!(SidecarError::FollowerStopped("it returned").exit_code(), 1);
+    }
+}

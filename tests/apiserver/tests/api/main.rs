@@ -1,0 +1,8 @@
+//! The test API server checked against real clients: kube-rs (the crate the controller uses),
+//! the pinned kubectl, and raw HTTP for what neither sends (malformed input, protocol edges).
+
+mod cli;
+mod http_edges;
+mod kube_client;
+mod kubectl;
+mod support;
