@@ -274,7 +274,7 @@ async fn run_scope(
         pair_writer,
         watcher(pair_api, watcher::Config::default()).inspect_ok(pairs_synced.marker()),
     )
-    .default_backoff()
+    .backoff(cluster::watch_backoff())
     .applied_objects();
 
     let (pod_store, pod_writer) = reflector::store();
@@ -284,13 +284,13 @@ async fn run_scope(
             .inspect_ok(Synced::new(&synced).marker())
             .modify(keep_what_matters),
     )
-    .default_backoff()
+    .backoff(cluster::watch_backoff())
     .touched_objects();
 
     // No cache of Secrets is read: a change only says which pairs to look at again.
     let secret_events = watcher(secret_api, watcher::Config::default())
         .inspect_ok(Synced::new(&synced).marker())
-        .default_backoff()
+        .backoff(cluster::watch_backoff())
         .touched_objects();
 
     // Deleted RedisPairs have no reconcile: their engines are stopped here.
@@ -340,6 +340,9 @@ async fn run_scope(
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
             pairs_using_secret(&secrets_to_pairs, &secret)
         })
+        // Each watch backs off by itself; the Controller's own backoff would pause every
+        // trigger (pod events, becoming the leader) whenever any one watch failed.
+        .trigger_backoff(NoPause)
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
@@ -439,6 +442,20 @@ fn pairs_using_secret(
         })
         .map(|pair| ObjectRef::from_obj(pair.as_ref()))
         .collect()
+}
+
+/// The Controller's trigger backoff: none (see `run_scope`).
+struct NoPause;
+
+impl Iterator for NoPause {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoPause {
+    fn reset(&mut self) {}
 }
 
 /// Yields once each time this controller becomes the leader: every pair is reconciled then.

@@ -77,15 +77,33 @@ pub fn running(
     let last_failover = engine
         .last_failover
         .as_ref()
-        .map(|f| FailoverStatus {
-            time: Time(
-                Timestamp::from_millisecond(i64::try_from(f.unix_ms).unwrap_or(i64::MAX))
-                    .unwrap_or(now),
-            ),
-            from: f.from.as_ref().map(pod_of),
-            to: f.to.as_ref().map(pod_of),
-            reason: f.reason.as_str().to_owned(),
-            epoch: i64::try_from(f.epoch).unwrap_or(i64::MAX),
+        .map(|f| {
+            let epoch = i64::try_from(f.epoch).unwrap_or(i64::MAX);
+            // The pod that was master may be gone by now (deleted): the name written when it
+            // was still there stays.
+            let before = previous.last_failover.as_ref().filter(|p| p.epoch == epoch);
+            let named = |endpoint: &Endpoint, earlier: Option<&String>| {
+                pods.get(endpoint)
+                    .or(earlier)
+                    .cloned()
+                    .unwrap_or_else(|| endpoint.to_string())
+            };
+            FailoverStatus {
+                time: Time(
+                    Timestamp::from_millisecond(i64::try_from(f.unix_ms).unwrap_or(i64::MAX))
+                        .unwrap_or(now),
+                ),
+                from: f
+                    .from
+                    .as_ref()
+                    .map(|e| named(e, before.and_then(|b| b.from.as_ref()))),
+                to: f
+                    .to
+                    .as_ref()
+                    .map(|e| named(e, before.and_then(|b| b.to.as_ref()))),
+                reason: f.reason.as_str().to_owned(),
+                epoch,
+            }
         })
         // A restarted engine forgets; the status remembers.
         .or_else(|| previous.last_failover.clone());

@@ -290,14 +290,15 @@ fn settings(pair: &RedisPair, secret: SecretLookup<'_>) -> Result<Settings, Inva
             });
         }
         (Some(reference), SecretLookup::Found(secret)) => {
-            Some(password_in(secret, &reference.key).ok_or_else(|| Invalid {
+            let password = password_in(secret, &reference.key).ok_or_else(|| Invalid {
                 reason: InvalidReason::SecretKeyMissing,
                 message: format!(
                     "Secret {} has no key {:?} holding a UTF-8 password (spec.authSecretRef.key); \
                      add it, or name the key that holds the password",
                     reference.name, reference.key
                 ),
-            })?)
+            })?;
+            Some(password).filter(|p| !p.is_empty())
         }
     };
     Ok(Settings {
@@ -313,7 +314,8 @@ fn settings(pair: &RedisPair, secret: SecretLookup<'_>) -> Result<Settings, Inva
     })
 }
 
-/// The password under `key`, without the line end a file-made Secret carries.
+/// The password under `key`, without the line end a file-made Secret carries. An empty one is
+/// no password (as an empty REDISPAIR_PASSWORD is in local mode): Redis refuses `AUTH ""`.
 fn password_in(secret: &Secret, key: &str) -> Option<String> {
     let from_data = secret
         .data

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -25,8 +26,8 @@ use serde_json::{Value, json};
 
 use super::kube::Kube;
 use super::{
-    PortLease, RedisServer, STARTUP_DEADLINE, TestDir, die_with_parent, eventually, http,
-    log_tail, signal,
+    PortLease, RedisServer, STARTUP_DEADLINE, TestDir, die_with_parent, eventually, http, log_tail,
+    signal,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -54,13 +55,13 @@ impl RedisPod {
     /// `count` pods named `<app>-0`, `<app>-1`, ... labelled `app=<app>`, each redis-server
     /// on an address of its own and all on one port (a RedisPair has one port).
     pub async fn start_group(kube: &Kube, app: &str, count: usize) -> Vec<RedisPod> {
-        let ips: Vec<String> = (0..count).map(|_| next_pod_ip()).collect();
-        let port = PortLease::take_on(&ips);
+        // One port for the group (a RedisPair has one), each pod on an address of its own.
+        let port = Arc::new(PortLease::take());
         let mut pods = Vec::with_capacity(count);
-        for (i, ip) in ips.iter().enumerate() {
+        for i in 0..count {
             let server = RedisServer::builder()
-                .host(ip)
-                .leased_port(port.on(ip))
+                .host(&next_pod_ip())
+                .group_port(&port)
                 .start()
                 .await;
             pods.push(RedisPod::adopt(kube, &format!("{app}-{i}"), app, server).await);
@@ -334,11 +335,16 @@ impl Controller {
         let Some(mut child) = self.child.take() else {
             panic!("controller {} is not running", self.identity);
         };
-        signal(child.id(), libc::SIGTERM);
+        signal(&child, libc::SIGTERM);
         let status = eventually(
             &format!("controller {} exits", self.identity),
             within,
-            async || child.try_wait().map_err(|e| e.to_string())?.ok_or_else(|| "running".into()),
+            async || {
+                child
+                    .try_wait()
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "running".into())
+            },
         )
         .await;
         status.code().unwrap_or(-1)

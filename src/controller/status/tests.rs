@@ -174,7 +174,12 @@ fn the_last_failover_names_pods_and_survives_an_engine_restart() {
     );
     assert_eq!(last.time, Time(at(1_700_000_000)));
     let restarted = build(&healthy(), &status, 200);
-    assert_eq!(restarted.last_failover, Some(last));
+    assert_eq!(restarted.last_failover, Some(last.clone()));
+    // The old master's pod deleted: the name written while it was there stays.
+    let mut without_it = pods();
+    without_it.remove(&ep(2));
+    let later = running(&failed_over, &without_it, Some(3), None, &status, at(300));
+    assert_eq!(later.last_failover, Some(last));
 }
 
 #[test]

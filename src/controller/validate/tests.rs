@@ -260,6 +260,16 @@ fn the_password_comes_from_the_secret_key_without_its_line_end() {
     )
     .expect("valid");
     assert_eq!(desired.settings.password.as_deref(), Some("s3cret"));
+    let empty = secret(&[("password", b"\n")]);
+    let desired = check_with(
+        &secured_pair(),
+        &two_pods(),
+        &[],
+        SecretLookup::Found(&empty),
+        false,
+    )
+    .expect("valid");
+    assert_eq!(desired.settings.password, None, "an empty password is none");
 }
 
 #[test]
