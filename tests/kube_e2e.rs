@@ -94,27 +94,17 @@ async fn masters(pods: &[RedisPod]) -> Vec<String> {
     masters
 }
 
-async fn leader_of<'a>(controllers: &'a mut [Controller]) -> &'a mut Controller {
-    let mut leader = None;
-    for (i, c) in controllers.iter().enumerate() {
-        if eventually_leader(c).await {
-            leader = Some(i);
-            break;
+/// The identity of the controller that leads, once one does.
+async fn leader(controllers: &[Controller]) -> String {
+    eventually("one controller leads", SETTLE_DEADLINE, async || {
+        for c in controllers {
+            if c.is_leader().await {
+                return Ok(c.identity.clone());
+            }
         }
-    }
-    let index = leader.expect("one controller leads");
-    &mut controllers[index]
-}
-
-async fn eventually_leader(controller: &Controller) -> bool {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    while Instant::now() < deadline {
-        if controller.is_leader().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+        Err("none leads yet".to_owned())
+    })
+    .await
 }
 
 /// Pods, a RedisPair over them, `controllers` controllers, and the master published.
@@ -256,7 +246,7 @@ async fn master_pod_deleted_is_handed_over_before_it_stops_and_no_acknowledged_w
 #[tokio::test]
 async fn leader_killed_mid_failover_is_finished_by_the_other_with_one_master_and_one_epoch() {
     let (kube, mut pods, mut controllers, epoch) = cluster(3, &["a", "b"]).await;
-    let leader_identity = leader_of(&mut controllers).await.identity.clone();
+    let leader_identity = leader(&controllers).await;
 
     // Every answer of the API server takes a second: the leader's failover (retract the label,
     // promote, publish) stretches out, and it is killed right after it promoted.
