@@ -140,6 +140,16 @@ async fn master_killed_is_failed_over_every_sidecar_follows_and_it_rejoins_as_a_
             .await
             .expect("a write");
     }
+    // Replication is asynchronous: what kill -9 may lose is what the replica has not got yet.
+    eventually(
+        "the writes replicated",
+        SETTLE_DEADLINE,
+        async || match pods[1].server.get("before-2").await? {
+            Some(_) => Ok(()),
+            None => Err("not yet".to_owned()),
+        },
+    )
+    .await;
 
     pods[0].server.kill();
     let new_epoch = await_published(&kube, PAIR, &pods[1].endpoint(), epoch).await;
@@ -687,4 +697,271 @@ async fn a_paused_pair_is_observed_and_reported_but_never_acted_on() {
         .await
         .expect("unpause");
     await_published(&kube, PAIR, &pods[1].endpoint(), epoch).await;
+}
+
+#[tokio::test]
+async fn the_old_master_loses_its_master_label_before_anything_is_promoted() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use redis_pair::crd::ROLE_LABEL;
+
+    let (kube, mut pods, _controllers, epoch) = cluster(2, &["a"]).await;
+    eventually(
+        "cache-0 labelled master",
+        SETTLE_DEADLINE,
+        async || match pods[0].role_label().await {
+            Some(l) if l == "master" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    // Record when the old master's pod loses the label, as a Service's endpoints would see it.
+    let pod_api: Api<Pod> = Api::namespaced(kube.client(), kube.namespace());
+    let (watching, watching_rx) = tokio::sync::oneshot::channel();
+    let unlabelled = tokio::spawn(async move {
+        let mut pods = std::pin::pin!(
+            watcher(
+                pod_api,
+                watcher::Config::default().fields("metadata.name=cache-0")
+            )
+            .applied_objects()
+        );
+        let mut watching = Some(watching);
+        while let Some(Ok(pod)) = pods.next().await {
+            let label = pod
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get(ROLE_LABEL)
+                .cloned();
+            if label.as_deref() != Some("master") {
+                return Instant::now();
+            }
+            if let Some(watching) = watching.take() {
+                let _ = watching.send(());
+            }
+        }
+        panic!("the pod watch ended");
+    });
+    // The watch must be listening before the API server slows down.
+    watching_rx
+        .await
+        .expect("the pod watch saw cache-0 as master");
+    // Every API answer takes 300 ms, so a promotion before the label is gone would show.
+    kube.server().set_delay(Duration::from_millis(300));
+    pods[0].server.kill();
+    let promoted = eventually("cache-1 promoted", SETTLE_DEADLINE, async || {
+        match role(&pods[1].server).await.as_deref() {
+            Ok("master") => Ok(Instant::now()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    kube.server().set_delay(Duration::ZERO);
+    let unlabelled = unlabelled.await.expect("the pod watch task");
+    assert!(
+        unlabelled < promoted,
+        "cache-1 was promoted {:?} before cache-0 lost its master label",
+        unlabelled - promoted
+    );
+    await_published(&kube, PAIR, &pods[1].endpoint(), epoch).await;
+    eventually(
+        "cache-1 labelled master",
+        SETTLE_DEADLINE,
+        async || match pods[1].role_label().await {
+            Some(l) if l == "master" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+}
+
+/// `min-replicas-to-write` of a server.
+async fn fence_of(server: &RedisServer) -> Result<String, String> {
+    let mut c = server.conn().await.map_err(|e| e.to_string())?;
+    let reply = c
+        .cmd(&["CONFIG", "GET", "min-replicas-to-write"])
+        .await
+        .map_err(|e| e.to_string())?;
+    reply
+        .items()
+        .and_then(|items| items.get(1).and_then(|v| v.text()))
+        .ok_or_else(|| format!("CONFIG GET → {}", reply.brief()))
+}
+
+#[tokio::test]
+async fn a_master_cut_off_from_its_replicas_and_the_controller_stops_acknowledging_writes() {
+    use support::cluster::Partition;
+
+    // Fencing is on by default: maxLagSeconds 2, downAfter 3 s.
+    let (kube, pods, _controllers, epoch) = cluster(2, &["a"]).await;
+    eventually(
+        "the master fenced",
+        SETTLE_DEADLINE,
+        async || match fence_of(&pods[0].server).await?.as_str() {
+            "1" => Ok(()),
+            other => Err(format!("min-replicas-to-write {other}")),
+        },
+    )
+    .await;
+    // A client on the master's side of the partition (its own address, left connected).
+    let client_side = "127.0.0.250";
+    let mut client = Conn::connect_from(client_side, &pods[0].endpoint())
+        .await
+        .expect("connect from the client side");
+    assert!(
+        client
+            .cmd(&["SET", "before", "1"])
+            .await
+            .expect("SET")
+            .is_ok()
+    );
+
+    // The master loses its replica and the controller (which reaches it from 127.0.0.1).
+    let cut = Instant::now();
+    let _partition = Partition::between(&[pods[0].ip()], &[pods[1].ip(), "127.0.0.1"]);
+    let mut n = 0u64;
+    let refused_after = eventually(
+        "the cut-off master refuses writes",
+        Duration::from_secs(10),
+        async || {
+            n += 1;
+            let reply = client
+                .cmd(&["SET", &format!("during-{n}"), "x"])
+                .await
+                .map_err(|e| format!("SET: {e}"))?;
+            match reply.brief() {
+                brief if brief.contains("NOREPLICAS") => Ok(cut.elapsed()),
+                brief => Err(brief),
+            }
+        },
+    )
+    .await;
+    eprintln!("the cut-off master refused writes {refused_after:?} after the cut");
+    // Redis counts a replica's lag in whole seconds and re-checks it once a second: within
+    // maxLagSeconds + 2 s of the cut (the slack is this loop's, not Redis's).
+    assert!(
+        refused_after <= Duration::from_secs(2 + 2) + Duration::from_millis(250),
+        "the master took writes for {refused_after:?} after the cut (maxLagSeconds 2)"
+    );
+    always(
+        "and goes on refusing them",
+        Duration::from_secs(1),
+        async || {
+            let reply = client
+                .cmd(&["SET", "late", "x"])
+                .await
+                .map_err(|e| format!("SET: {e}"))?;
+            if reply.is_ok() {
+                Err("a write was acknowledged".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    // Meanwhile the controller, which cannot reach it, promotes the replica after downAfter:
+    // only once the old master has stopped taking writes, so no write is acknowledged by both.
+    let promoted = await_published(&kube, PAIR, &pods[1].endpoint(), epoch).await;
+    assert_eq!(promoted, epoch + 1);
+    let promoted_after = cut.elapsed();
+    assert!(
+        promoted_after > refused_after,
+        "promoted {promoted_after:?} after the cut, while the old master still took writes \
+         (until {refused_after:?})"
+    );
+    assert_eq!(
+        fence_of(&pods[1].server).await.as_deref(),
+        Ok("0"),
+        "alone, unfenced"
+    );
+    drop(_partition);
+    // Healed: the old master is demoted, and holds what the new one has.
+    await_replica_of(&pods[0].server, &pods[1].server).await;
+}
+
+#[tokio::test]
+async fn the_password_comes_from_the_secret_and_a_rotated_one_is_followed() {
+    let kube = Kube::start().await;
+    let port = std::sync::Arc::new(support::PortLease::take());
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let server = RedisServer::builder()
+            .host(&support::cluster::next_pod_ip())
+            .group_port(&port)
+            .requirepass("first")
+            .masterauth("first")
+            .start()
+            .await;
+        pods.push(RedisPod::adopt(&kube, &format!("cache-{i}"), PAIR, server).await);
+    }
+    let secrets: Api<Secret> = Api::namespaced(kube.client(), kube.namespace());
+    let secret = |password: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": "redis-auth"}, "stringData": {"password": password}
+        }))
+        .expect("a secret")
+    };
+    secrets
+        .create(&PostParams::default(), &secret("first"))
+        .await
+        .expect("create the Secret");
+    let mut spec = spec_for(&pods);
+    spec.auth_secret_ref =
+        Some(serde_json::from_value(json!({"name": "redis-auth"})).expect("ref"));
+    kube.create_pair(PAIR, spec).await;
+    let _controller = Controller::start(&kube, "a").await;
+    let epoch = await_published(&kube, PAIR, &pods[0].endpoint(), 0).await;
+
+    // A wrong password says so in the status.
+    secrets
+        .replace("redis-auth", &PostParams::default(), &secret("wrong"))
+        .await
+        .expect("replace the Secret");
+    eventually(
+        "the status names the rejected password",
+        SETTLE_DEADLINE,
+        async || {
+            let status = pair_status(&kube, PAIR).await?;
+            match status["message"].as_str() {
+                Some(m) if m.contains("password") && m.contains("cache-0") => Ok(()),
+                _ => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
+
+    // Rotated on the servers and in the Secret: the controller follows, and fails over with it.
+    for pod in &pods {
+        let mut c = pod.server.conn().await.expect("connect");
+        for (param, value) in [("masterauth", "second"), ("requirepass", "second")] {
+            assert!(
+                c.cmd(&["CONFIG", "SET", param, value])
+                    .await
+                    .expect("CONFIG SET")
+                    .is_ok()
+            );
+        }
+    }
+    secrets
+        .replace("redis-auth", &PostParams::default(), &secret("second"))
+        .await
+        .expect("replace the Secret");
+    eventually(
+        "healthy with the new password",
+        SETTLE_DEADLINE,
+        async || {
+            let status = pair_status(&kube, PAIR).await?;
+            if status["phase"] == "Healthy" {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    let mut old_master = pods.remove(0);
+    old_master.server.kill();
+    await_published(&kube, PAIR, &pods[0].endpoint(), epoch).await;
 }

@@ -11,8 +11,8 @@ use crate::crd::{
     FailoverStatus, MasterStatus, Phase, RedisPairStatus, ReplicaStatus, SwitchoverStatus,
 };
 use crate::engine::Endpoint;
-use crate::engine::Role;
 use crate::engine::runner::Status;
+use crate::engine::{FailureKind, Role};
 
 /// Which pod each member endpoint is.
 pub type PodIndex = BTreeMap<Endpoint, String>;
@@ -62,18 +62,38 @@ pub fn running(
     } else {
         Phase::Degraded
     };
-    let message = engine.waiting.clone().or_else(|| {
-        let warnings: Vec<String> = engine
-            .servers
-            .iter()
-            .flat_map(|s| {
-                s.warnings
-                    .iter()
-                    .map(move |w| format!("{}: {w}", pod_of(&s.address)))
-            })
-            .collect();
-        (!warnings.is_empty()).then(|| warnings.join("; "))
+    let rejected: Vec<String> = engine
+        .servers
+        .iter()
+        .filter(|s| {
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(FailureKind::AuthFailed.as_str()))
+        })
+        .map(|s| pod_of(&s.address))
+        .collect();
+    let password_rejected = (!rejected.is_empty()).then(|| {
+        format!(
+            "the password redis-pair uses is rejected by {}: make the Secret of \
+             spec.authSecretRef hold the requirepass of the Redis pods (or remove \
+             authSecretRef if they have none)",
+            rejected.join(", ")
+        )
     });
+    let message = password_rejected
+        .or_else(|| engine.waiting.clone())
+        .or_else(|| {
+            let warnings: Vec<String> = engine
+                .servers
+                .iter()
+                .flat_map(|s| {
+                    s.warnings
+                        .iter()
+                        .map(move |w| format!("{}: {w}", pod_of(&s.address)))
+                })
+                .collect();
+            (!warnings.is_empty()).then(|| warnings.join("; "))
+        });
     let last_failover = engine
         .last_failover
         .as_ref()

@@ -262,13 +262,18 @@ fn settings(pair: &RedisPair, secret: SecretLookup<'_>) -> Result<Settings, Inva
             .ok()
             .filter(|lag| *lag > 0)
             .ok_or_else(|| timing("spec.fencing.maxLagSeconds must be at least 1".into()))?;
-        if down_after < Duration::from_secs(u64::from(max_lag_secs) + 1) {
+        // Redis counts a replica's lag in whole seconds and re-checks it once a second, so a
+        // master cut off at once stops taking writes within maxLagSeconds + 2 s; the engine's
+        // down-after clock starts at the last answer, up to one probe interval before the cut.
+        let fenced_within = Duration::from_secs(u64::from(max_lag_secs) + 2) + probe_interval;
+        if down_after < fenced_within {
             return Err(timing(format!(
-                "spec.failover.downAfter ({}) must be at least fencing.maxLagSeconds + 1s ({}s): \
-                 a master cut off from its replicas takes writes for up to that long, and no \
-                 replica may be promoted before it stops",
+                "spec.failover.downAfter ({}) must be at least fencing.maxLagSeconds + 2s + \
+                 failover.probeInterval ({}): a master cut off from its replicas may take \
+                 writes for up to maxLagSeconds + 2s, and no replica may be promoted before it \
+                 stops",
                 failover.down_after,
-                max_lag_secs + 1
+                humantime::format_duration(fenced_within)
             )));
         }
         Fencing::On { max_lag_secs }

@@ -721,6 +721,13 @@ impl<P: Publisher> Engine<P> {
     /// A publication that is not the engine's own: ignored, followed or corrected.
     async fn foreign(&mut self, seen: Published) {
         let own = self.published.borrow().clone();
+        if judge_foreign(&self.states(), &own, &seen) == Foreign::Ignore {
+            return;
+        }
+        // Judged on what the servers say now: a probe from before the engine's last REPLICAOF
+        // would show a replica as the master it was, and following a publication of it would
+        // make the engine promote it and demote the real master.
+        self.observe().await;
         match judge_foreign(&self.states(), &own, &seen) {
             Foreign::Ignore => {}
             Foreign::Adopt => {

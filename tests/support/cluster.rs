@@ -37,7 +37,8 @@ use super::{
 /// Loopback addresses handed to pods, unique within this test process: 127.0.0.2 and up.
 static NEXT_POD_IP: AtomicU8 = AtomicU8::new(2);
 
-fn next_pod_ip() -> String {
+/// A loopback address for one more pod of this test process.
+pub fn next_pod_ip() -> String {
     let n = NEXT_POD_IP.fetch_add(1, Ordering::SeqCst);
     assert!(n < 250, "out of loopback addresses for pods");
     format!("127.0.0.{n}")
@@ -158,6 +159,69 @@ impl RedisPod {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => panic!("remove pod {}: {e}", self.name),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network partitions
+// ---------------------------------------------------------------------------------------------
+
+static NEXT_PARTITION: AtomicU8 = AtomicU8::new(0);
+
+/// A network partition on loopback: packets between the addresses of one side and those of
+/// the other are dropped (nftables, both directions), as a cut cable drops them: connections
+/// time out, nothing is refused. Every other path stays open. Healed on Drop.
+pub struct Partition {
+    table: String,
+}
+
+impl Partition {
+    /// Needs root and `nft` (Debian's nftables; scripts/test.sh installs it).
+    pub fn between(one: &[&str], other: &[&str]) -> Partition {
+        let table = format!(
+            "redispair_test_{}_{}",
+            std::process::id(),
+            NEXT_PARTITION.fetch_add(1, Ordering::SeqCst)
+        );
+        let set = |ips: &[&str]| format!("{{ {} }}", ips.join(", "));
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; policy accept; }}\n\
+             add rule inet {table} input ip saddr {a} ip daddr {b} drop\n\
+             add rule inet {table} input ip saddr {b} ip daddr {a} drop\n",
+            a = set(one),
+            b = set(other)
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("run nft ({e}): the partition tests need root and nftables (apt-get install nftables; scripts/test.sh installs it)")
+            });
+        {
+            use std::io::Write;
+            let stdin = nft.stdin.as_mut().expect("nft stdin");
+            stdin
+                .write_all(script.as_bytes())
+                .expect("write the nft rules");
+        }
+        let output = nft.wait_with_output().expect("nft");
+        assert!(
+            output.status.success(),
+            "nft refused the partition (root needed): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Partition { table }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
     }
 }
 

@@ -127,6 +127,18 @@ fn no_master_and_paused_are_phases_of_their_own() {
 }
 
 #[test]
+fn a_rejected_password_is_said_plainly_and_names_the_pods() {
+    let mut world = healthy();
+    world.servers[1] = server(2, None, None, false);
+    world.servers[1].error = Some("auth-failed: WRONGPASS invalid username-password pair".into());
+    world.waiting = Some("something else".into());
+    let status = build(&world, &RedisPairStatus::default(), 100);
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("redis-1"), "{message}");
+    assert!(message.contains("spec.authSecretRef"), "{message}");
+}
+
+#[test]
 fn a_condition_keeps_its_transition_time_until_its_status_changes() {
     let first = build(&healthy(), &RedisPairStatus::default(), 100);
     let again = build(&healthy(), &first, 200);

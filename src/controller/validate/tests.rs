@@ -99,7 +99,7 @@ fn pods_matching_the_selector_become_members_at_their_ip_and_port() {
         desired.settings.policy.fencing,
         Fencing::On { max_lag_secs: 2 }
     );
-    assert_eq!(desired.settings.policy.down_after, Duration::from_secs(3));
+    assert_eq!(desired.settings.policy.down_after, Duration::from_secs(5));
 }
 
 #[test]
@@ -205,21 +205,28 @@ fn timings_that_cannot_work_are_invalid() {
     let slow_probe = pair(
         "cache",
         serde_json::json!({"selector": {"matchLabels": {"app": "cache"}},
-            "failover": {"probeTimeout": "5s", "downAfter": "3s"}}),
+            "failover": {"probeTimeout": "6s", "downAfter": "5s"}}),
     );
     assert_eq!(
         reason(check(&slow_probe, &two_pods(), &[])),
         InvalidReason::BadTiming
     );
+    // maxLagSeconds 2 + 2 s + probeInterval 500 ms = 4.5 s.
     let fence_outlasts = pair(
         "cache",
         serde_json::json!({"selector": {"matchLabels": {"app": "cache"}},
-            "failover": {"downAfter": "2s"}, "fencing": {"maxLagSeconds": 5}}),
+            "failover": {"downAfter": "4s"}}),
     );
     let result = check(&fence_outlasts, &two_pods(), &[]);
     let message = result.clone().err().map(|e| e.message).unwrap_or_default();
     assert!(message.contains("maxLagSeconds"), "{message}");
     assert_eq!(reason(result), InvalidReason::BadTiming);
+    let just_enough = pair(
+        "cache",
+        serde_json::json!({"selector": {"matchLabels": {"app": "cache"}},
+            "failover": {"downAfter": "4500ms"}}),
+    );
+    assert!(check(&just_enough, &two_pods(), &[]).is_ok());
     let fencing_off = pair(
         "cache",
         serde_json::json!({"selector": {"matchLabels": {"app": "cache"}},
