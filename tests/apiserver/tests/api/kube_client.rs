@@ -609,6 +609,14 @@ async fn a_metadata_watcher_on_secrets_gets_partial_objects() {
             .map(String::as_str),
         Some("c")
     );
+    assert_eq!(
+        changed
+            .types
+            .as_ref()
+            .map(|t| (t.api_version.as_str(), t.kind.as_str())),
+        Some(("meta.k8s.io/v1", "PartialObjectMetadata")),
+        "watch events carry metadata only too"
+    );
     assert_eq!(reader.state().len(), 1);
     let listed = secrets
         .list_metadata(&ListParams::default())
