@@ -131,14 +131,28 @@ fn too_old(rv: u64, error: TooOld) -> Status {
     Status::gone(format!("too old resource version: {rv} ({})", error.oldest))
 }
 
-/// The object as a version serves it: with its kind and apiVersion.
+/// The object as a version serves it: with its kind and apiVersion (an events.k8s.io Event
+/// converted from the stored core one).
 pub fn versioned(kind: &ResourceType, object: &Value) -> Value {
-    let mut object = object.clone();
+    let mut object = if kind.is_events_api() && object["apiVersion"] == "v1" {
+        objects::event_from_core(object)
+    } else {
+        object.clone()
+    };
     if let Some(map) = object.as_object_mut() {
         map.insert("apiVersion".into(), kind.api_version().into());
         map.insert("kind".into(), kind.kind.clone().into());
     }
     object
+}
+
+/// The object as it is stored (an events.k8s.io Event as a core v1 Event).
+fn stored(kind: &ResourceType, object: &Value) -> Value {
+    if kind.is_events_api() {
+        objects::event_to_core(object)
+    } else {
+        versioned(kind, object)
+    }
 }
 
 pub fn partial_metadata(object: &Value) -> Value {
@@ -460,10 +474,10 @@ impl Api {
 
     fn get(&self, target: &Target, name: &str, output: Output) -> ApiResult<Reply> {
         let state = self.lock();
-        let resource = target.kind.group_resource();
+        let resource = target.kind.storage_resource();
         let object = state
             .get(&resource, target.namespace.as_deref().unwrap_or(""), name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&target.kind.group_resource(), name))?;
         Ok(Reply::json(
             200,
             render(&target.kind, &object, output, true),
@@ -472,7 +486,7 @@ impl Api {
 
     fn list(&self, target: &Target, query: &Query, output: Output) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind)?;
         let limit = query
@@ -563,7 +577,7 @@ impl Api {
                         if kind.behaviour == Behaviour::Custom {
                             versioned(kind, o)
                         } else {
-                            let mut o = (**o).clone();
+                            let mut o = versioned(kind, o);
                             if let Some(m) = o.as_object_mut() {
                                 m.remove("kind");
                                 m.remove("apiVersion");
@@ -762,7 +776,7 @@ impl Api {
             }
             _ => None,
         };
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = meta_str(&object, "namespace").to_string();
         let name = meta_str(&object, "name").to_string();
         if kind.namespaced
@@ -776,7 +790,7 @@ impl Api {
             ));
         }
         if state.get(&resource, &namespace, &name).is_some() {
-            return Err(Status::already_exists(&resource, &name));
+            return Err(Status::already_exists(&kind.group_resource(), &name));
         }
         if request.query.get("dryRun") == Some("All") {
             return Ok(Reply {
@@ -784,7 +798,7 @@ impl Api {
                 ..Reply::json(201, render(kind, &object, output, true))
             });
         }
-        let stored = state.create(&resource, versioned(kind, &object));
+        let stored = state.create(&resource, stored(kind, &object));
         if let Some(types) = types {
             state.registry.set_custom(&name, types);
         }
@@ -860,10 +874,10 @@ impl Api {
             });
         }
         let mut state = self.lock();
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let current = state
             .get(&resource, target.namespace.as_deref().unwrap_or(""), name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let mut patched = patch::apply(patch_type, &versioned(kind, &current), &request.body)?;
         if !patched.is_object() {
             return Err(Status::bad_request(
@@ -905,19 +919,19 @@ impl Api {
         output: Output,
     ) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let current = state
             .get(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let sent_rv = meta_str(&object, "resourceVersion").to_string();
         if !sent_rv.is_empty() && sent_rv != meta_str(&current, "resourceVersion") {
-            return Err(Status::conflict_modified(&resource, name));
+            return Err(Status::conflict_modified(&kind.group_resource(), name));
         }
         let sent_uid = meta_str(&object, "uid").to_string();
         if !sent_uid.is_empty() && sent_uid != meta_str(&current, "uid") {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}",
@@ -980,7 +994,7 @@ impl Api {
             && finalizers(&current) > 0
             && current["metadata"]["deletionTimestamp"].is_string()
             && current["metadata"]["deletionGracePeriodSeconds"].as_i64() == Some(0);
-        let stored = state.update(&resource, object);
+        let stored = state.update(&resource, stored(kind, &object));
         if finishing {
             let deleted = state.delete(&resource, &namespace, name);
             self.after_delete(state, kind, name);
@@ -1020,17 +1034,17 @@ impl Api {
     ) -> ApiResult<Reply> {
         let kind = &target.kind;
         let options = DeleteOptions::parse(request)?;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut state = self.lock();
         let current = state
             .get(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         if let Some(uid) = &options.uid
             && uid != meta_str(&current, "uid")
         {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
@@ -1042,7 +1056,7 @@ impl Api {
             && rv != meta_str(&current, "resourceVersion")
         {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
@@ -1103,7 +1117,7 @@ impl Api {
                 let generation = m.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
                 m.insert("generation".into(), generation.into());
             }
-            let stored = state.update(&resource, object);
+            let stored = state.update(&resource, stored(kind, &object));
             self.notify(&state);
             return Ok(Reply::json(200, render(kind, &stored, output, true)));
         }
@@ -1112,7 +1126,7 @@ impl Api {
         }
         let deleted = state
             .delete(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         self.after_delete(&mut state, kind, name);
         self.notify(&state);
         if kind.returns_deleted_object {
@@ -1120,7 +1134,7 @@ impl Api {
         } else {
             Ok(Reply::json(
                 200,
-                success_deleted(&resource, name, meta_str(&deleted, "uid")),
+                success_deleted(&kind.group_resource(), name, meta_str(&deleted, "uid")),
             ))
         }
     }
@@ -1134,10 +1148,10 @@ impl Api {
         name: &str,
         output: Output,
     ) -> ApiResult<Reply> {
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let current = state
             .get(&resource, "", name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let mut terminating = (*current).clone();
         meta(&mut terminating).insert("deletionTimestamp".into(), now().to_string().into());
         meta(&mut terminating).insert("deletionGracePeriodSeconds".into(), 0.into());
@@ -1168,7 +1182,7 @@ impl Api {
         let names: Vec<String> = {
             let state = self.lock();
             state
-                .list(&kind.group_resource(), target.namespace.as_deref())
+                .list(&kind.storage_resource(), target.namespace.as_deref())
                 .iter()
                 .filter(|o| {
                     labels.matches(o["metadata"]["labels"].as_object()) && fields.matches(kind, o)

@@ -106,6 +106,21 @@ impl ResourceType {
         GroupResource::new(&self.group, &self.plural)
     }
 
+    /// Where the objects live: events.k8s.io/v1 Events share the core v1 events' storage,
+    /// as in the real server (one object seen through both APIs).
+    pub fn storage_resource(&self) -> GroupResource {
+        if self.is_events_api() {
+            GroupResource::new("", "events")
+        } else {
+            self.group_resource()
+        }
+    }
+
+    /// The events.k8s.io/v1 Event, served by converting the stored core v1 Event.
+    pub fn is_events_api(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
