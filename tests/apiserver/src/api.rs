@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
+use crate::auth::{self, Attributes, Identity, Tokens, User};
 use crate::discovery;
 use crate::objects::{self, Part, child};
 use crate::patch::{self, PatchType};
@@ -81,6 +82,11 @@ pub struct Api {
     pub drops: watch::Sender<u64>,
     pub bookmark_interval: Duration,
     pub address: Mutex<String>,
+    pub tokens: Mutex<Tokens>,
+    /// The token of the kubeconfig's cluster admin.
+    pub admin_token: String,
+    /// A request without credentials is the admin (plain HTTP, see `Options::tls`).
+    anonymous_is_admin: bool,
 }
 
 /// A resource request after routing.
@@ -289,7 +295,7 @@ impl DeleteOptions {
 }
 
 impl Api {
-    pub fn new(bookmark_interval: Duration) -> Self {
+    pub fn new(bookmark_interval: Duration, anonymous_is_admin: bool) -> Self {
         let mut state = State::default();
         let now = now().to_string();
         let namespaces = GroupResource::new("", "namespaces");
@@ -304,14 +310,99 @@ impl Api {
             m.insert("creationTimestamp".into(), now.clone().into());
             state.create(&namespaces, namespace);
         }
+        for (resource, mut object) in auth::bootstrap_policy() {
+            let m = meta(&mut object);
+            m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+            m.insert("creationTimestamp".into(), now.clone().into());
+            state.create(
+                &GroupResource::new("rbac.authorization.k8s.io", resource),
+                object,
+            );
+        }
         let rv = state.resource_version();
+        let mut tokens = Tokens::default();
+        let admin_token = tokens.issue(Identity::Admin);
         Api {
             state: Mutex::new(state),
             changes: watch::channel(rv).0,
             drops: watch::channel(0).0,
             bookmark_interval,
             address: Mutex::new(String::new()),
+            tokens: Mutex::new(tokens),
+            admin_token,
+            anonymous_is_admin,
         }
+    }
+
+    /// Issues a bearer token for an identity.
+    pub fn issue_token(&self, identity: Identity) -> String {
+        self.tokens
+            .lock()
+            .map(|mut t| t.issue(identity))
+            .unwrap_or_default()
+    }
+
+    /// The user a request is made as: its bearer token's (401 for an unknown one, or a
+    /// ServiceAccount that no longer exists), anonymous without one, then impersonation.
+    fn authenticate(&self, request: &Request) -> ApiResult<User> {
+        let header = request.authorization.trim();
+        let user = if header.is_empty() && self.anonymous_is_admin {
+            User::admin()
+        } else if header.is_empty() {
+            User::anonymous()
+        } else {
+            let token = header
+                .strip_prefix("Bearer ")
+                .ok_or_else(auth::unauthorized)?
+                .trim();
+            let identity = self
+                .tokens
+                .lock()
+                .ok()
+                .and_then(|t| t.identity(token).cloned())
+                .ok_or_else(auth::unauthorized)?;
+            match identity {
+                Identity::Admin => User::admin(),
+                Identity::User(user) => user,
+                Identity::ServiceAccount { namespace, name } => {
+                    let accounts = GroupResource::new("", "serviceaccounts");
+                    if self.lock().get(&accounts, &namespace, &name).is_none() {
+                        return Err(auth::unauthorized());
+                    }
+                    User::service_account(&namespace, &name)
+                }
+            }
+        };
+        let Some(as_user) = &request.impersonate_user else {
+            return Ok(user);
+        };
+        let state = self.lock();
+        let mut impersonated = match User::named(as_user, &[]).service_account_parts() {
+            Some((namespace, name)) => {
+                let attributes = impersonation("serviceaccounts", namespace, name);
+                if !auth::authorize(&state, &user, &attributes) {
+                    return Err(auth::forbidden(&user, &attributes));
+                }
+                User::service_account(namespace, name)
+            }
+            None => {
+                let attributes = impersonation("users", "", as_user);
+                if !auth::authorize(&state, &user, &attributes) {
+                    return Err(auth::forbidden(&user, &attributes));
+                }
+                User::named(as_user, &[])
+            }
+        };
+        for group in &request.impersonate_groups {
+            let attributes = impersonation("groups", "", group);
+            if !auth::authorize(&state, &user, &attributes) {
+                return Err(auth::forbidden(&user, &attributes));
+            }
+            if !impersonated.groups.contains(group) {
+                impersonated.groups.push(group.clone());
+            }
+        }
+        Ok(impersonated)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -333,19 +424,35 @@ impl Api {
 
     /// Answers one request.
     pub fn handle(self: &Arc<Self>, request: &Request) -> Reply {
-        match self.route(request) {
+        let routed = self
+            .authenticate(request)
+            .and_then(|user| self.route(request, &user));
+        match routed {
             Ok(reply) => reply,
             Err(status) => Reply::status(&status),
         }
     }
 
-    fn route(self: &Arc<Self>, request: &Request) -> ApiResult<Reply> {
+    fn route(self: &Arc<Self>, request: &Request, user: &User) -> ApiResult<Reply> {
         let segments: Vec<&str> = request
             .path
             .trim_matches('/')
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
+        let resource_request = matches!(
+            segments.as_slice(),
+            ["api", _, _, ..] | ["apis", _, _, _, ..]
+        );
+        if !resource_request {
+            let attributes = Attributes::NonResource {
+                verb: request.method_name.to_lowercase(),
+                path: request.path.clone(),
+            };
+            if !auth::authorize(&self.lock(), user, &attributes) {
+                return Err(auth::forbidden(user, &attributes));
+            }
+        }
         let discovery_only = |reply: Value| -> ApiResult<Reply> {
             if request.method != Method::Get {
                 return Err(Status::method_not_allowed());
@@ -388,8 +495,10 @@ impl Api {
                 discovery::openapi_group_version(&self.lock().registry, &rest.join("/"))
                     .map_or_else(|| Err(Status::no_route()), discovery_only)
             }
-            ["api", version, rest @ ..] => self.resource(request, "", version, rest),
-            ["apis", group, version, rest @ ..] => self.resource(request, group, version, rest),
+            ["api", version, rest @ ..] => self.resource(request, user, "", version, rest),
+            ["apis", group, version, rest @ ..] => {
+                self.resource(request, user, group, version, rest)
+            }
             _ => Err(Status::no_route()),
         }
     }
@@ -424,6 +533,7 @@ impl Api {
         let part = match rest.get(2) {
             None => Part::Main,
             Some(&"status") if kind.status_subresource => Part::Status,
+            Some(&"token") if kind.has_token_subresource() => Part::Token,
             Some(_) => return Err(Status::no_route()),
         };
         if rest.len() > 3 {
@@ -440,12 +550,29 @@ impl Api {
     fn resource(
         self: &Arc<Self>,
         request: &Request,
+        user: &User,
         group: &str,
         version: &str,
         rest: &[&str],
     ) -> ApiResult<Reply> {
         let target = self.find_target(group, version, rest)?;
+        let attributes = request_attributes(request, &target);
+        if !auth::authorize(&self.lock(), user, &attributes) {
+            return Err(auth::forbidden(user, &attributes));
+        }
         let output = negotiate(&request.accept, &request.query)?;
+        if target.kind.behaviour == Behaviour::Review {
+            return match (request.method, &target.name) {
+                (Method::Post, None) => self.review(request, user),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
+        if target.part == Part::Token {
+            return match (request.method, &target.name) {
+                (Method::Post, Some(name)) => self.token_request(&target, name, request),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
         match (request.method, &target.name) {
             (Method::Get, None) if request.query.flag("watch") => crate::watch::start(
                 self,
@@ -470,6 +597,97 @@ impl Api {
             (Method::Delete, None) => self.delete_collection(&target, request),
             _ => Err(Status::method_not_allowed()),
         }
+    }
+
+    /// SelfSubjectAccessReview (`kubectl auth can-i`): may the requesting user do this?
+    fn review(&self, request: &Request, user: &User) -> ApiResult<Reply> {
+        let mut review = decode_body(request)?;
+        let spec = review["spec"].clone();
+        let text = |v: &Value, key: &str| v[key].as_str().unwrap_or("").to_string();
+        let attributes = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
+            Attributes::Resource {
+                verb: text(r, "verb"),
+                group: text(r, "group"),
+                resource: text(r, "resource"),
+                subresource: text(r, "subresource"),
+                namespace: text(r, "namespace"),
+                name: text(r, "name"),
+            }
+        } else if let Some(n) = spec.get("nonResourceAttributes").filter(|n| n.is_object()) {
+            Attributes::NonResource {
+                verb: text(n, "verb"),
+                path: text(n, "path"),
+            }
+        } else {
+            let error = FieldError::invalid(
+                "spec.resourceAttributes",
+                Value::Null,
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            );
+            return Err(Status::invalid(
+                "SelfSubjectAccessReview.authorization.k8s.io",
+                "authorization.k8s.io",
+                "",
+                &[error],
+            ));
+        };
+        let allowed = auth::authorize(&self.lock(), user, &attributes);
+        if let Some(map) = review.as_object_mut() {
+            map.insert("apiVersion".into(), "authorization.k8s.io/v1".into());
+            map.insert("kind".into(), "SelfSubjectAccessReview".into());
+            map.insert("metadata".into(), json!({"creationTimestamp": null}));
+            map.insert(
+                "status".into(),
+                if allowed {
+                    json!({"allowed": true})
+                } else {
+                    json!({"allowed": false})
+                },
+            );
+        }
+        Ok(Reply::json(201, review))
+    }
+
+    /// TokenRequest (`kubectl create token NAME`): a token for an existing ServiceAccount.
+    fn token_request(&self, target: &Target, name: &str, request: &Request) -> ApiResult<Reply> {
+        let namespace = target.namespace.clone().unwrap_or_default();
+        if self
+            .lock()
+            .get(&target.kind.storage_resource(), &namespace, name)
+            .is_none()
+        {
+            return Err(Status::not_found(&target.kind.group_resource(), name));
+        }
+        let body = if request.body.is_empty() {
+            json!({})
+        } else {
+            decode_body(request)?
+        };
+        let seconds = body
+            .pointer("/spec/expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        let token = self.issue_token(Identity::ServiceAccount {
+            namespace: namespace.clone(),
+            name: name.to_string(),
+        });
+        let expires = now()
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or_else(|_| now());
+        let audiences = body
+            .pointer("/spec/audiences")
+            .cloned()
+            .unwrap_or_else(|| json!(["https://kubernetes.default.svc.cluster.local"]));
+        Ok(Reply::json(
+            201,
+            json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+                "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": null},
+                "status": {"token": token, "expirationTimestamp": expires.to_string()},
+            }),
+        ))
     }
 
     fn get(&self, target: &Target, name: &str, output: Output) -> ApiResult<Reply> {
@@ -1203,6 +1421,59 @@ impl Api {
             200,
             json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": {}, "items": items}),
         ))
+    }
+}
+
+/// The attributes RBAC decides on: the verb from the method (list/watch for collections),
+/// and for a list or watch pinned by `fieldSelector=metadata.name=X`, that name (so
+/// `resourceNames` can allow it, as in the real request info).
+fn request_attributes(request: &Request, target: &Target) -> Attributes {
+    let verb = match (request.method, &target.name) {
+        (Method::Get, None) if request.query.flag("watch") => "watch",
+        (Method::Get, None) => "list",
+        (Method::Get, Some(_)) => "get",
+        (Method::Post, _) => "create",
+        (Method::Put, _) => "update",
+        (Method::Patch, _) => "patch",
+        (Method::Delete, None) => "deletecollection",
+        (Method::Delete, Some(_)) => "delete",
+        (Method::Other, _) => "unknown",
+    };
+    let name = target.name.clone().unwrap_or_else(|| {
+        let pinned = request.query.get("fieldSelector").and_then(|f| {
+            let (field, value) = f.split_once('=')?;
+            let value = value.strip_prefix('=').unwrap_or(value);
+            (field.trim() == "metadata.name" && !f.contains(',') && !field.ends_with('!'))
+                .then(|| value.trim().to_string())
+        });
+        if matches!(verb, "list" | "watch") {
+            pinned.unwrap_or_default()
+        } else {
+            String::new()
+        }
+    });
+    Attributes::Resource {
+        verb: verb.into(),
+        group: target.kind.group.clone(),
+        resource: target.kind.plural.clone(),
+        subresource: match target.part {
+            Part::Main => String::new(),
+            Part::Status => "status".into(),
+            Part::Token => "token".into(),
+        },
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name,
+    }
+}
+
+fn impersonation(resource: &str, namespace: &str, name: &str) -> Attributes {
+    Attributes::Resource {
+        verb: "impersonate".into(),
+        group: String::new(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: namespace.into(),
+        name: name.into(),
     }
 }
 

@@ -13,6 +13,8 @@ use crate::status::{FieldError, Status};
 pub enum Part {
     Main,
     Status,
+    /// `serviceaccounts/token`: a TokenRequest, answered, never stored.
+    Token,
 }
 
 fn object_mut(value: &mut Value) -> &mut Map<String, Value> {
@@ -65,7 +67,7 @@ pub fn prepare_create(kind: &ResourceType, object: &mut Value, cluster_ip: &str)
                 .insert("kubernetes.io/metadata.name".into(), name.into());
         }
         Behaviour::CustomResourceDefinition => default_crd(object),
-        Behaviour::Custom | Behaviour::Plain => {}
+        Behaviour::Custom | Behaviour::Plain | Behaviour::Review => {}
     }
 }
 
@@ -459,7 +461,7 @@ pub fn merge_for_part(kind: &ResourceType, part: Part, new: Value, old: &Value) 
             };
             merged
         }
-        Part::Main => new,
+        Part::Main | Part::Token => new,
         Part::Status => {
             let mut merged = old.clone();
             match new.get("status") {

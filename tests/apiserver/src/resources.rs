@@ -49,6 +49,8 @@ pub enum Behaviour {
     Custom,
     /// Stored as sent (configmaps, events, leases, rbac objects, deployments...).
     Plain,
+    /// SelfSubjectAccessReview: create-only, answered from RBAC, never stored.
+    Review,
 }
 
 /// The metadata.name rule of a kind.
@@ -117,6 +119,11 @@ impl ResourceType {
     }
 
     /// The events.k8s.io/v1 Event, served by converting the stored core v1 Event.
+    /// ServiceAccounts have the `token` subresource (TokenRequest).
+    pub fn has_token_subresource(&self) -> bool {
+        self.group.is_empty() && self.plural == "serviceaccounts"
+    }
+
     pub fn is_events_api(&self) -> bool {
         self.group == "events.k8s.io" && self.plural == "events"
     }
@@ -138,8 +145,11 @@ impl ResourceType {
         }
     }
 
-    /// Whether the request path selects this type ("pods", "po" is not a path).
+    /// The verbs discovery lists.
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.behaviour == Behaviour::Review {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -296,6 +306,15 @@ const BUILTINS: &[Builtin] = &[
             "clusterrolebindings",
         )
     },
+    Builtin {
+        namespaced: false,
+        behaviour: Behaviour::Review,
+        ..builtin(
+            "authorization.k8s.io",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+        )
+    },
 ];
 
 /// The group versions in the order discovery lists them (the real server's priority order:
@@ -307,6 +326,7 @@ pub const BUILTIN_GROUP_ORDER: &[&str] = &[
     "policy",
     "rbac.authorization.k8s.io",
     "networking.k8s.io",
+    "authorization.k8s.io",
     "coordination.k8s.io",
     "apiextensions.k8s.io",
 ];

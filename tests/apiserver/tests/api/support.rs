@@ -242,8 +242,9 @@ pub async fn http(
         .await
         .expect("connects");
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nAuthorization: Bearer {}\r\n",
+        body.len(),
+        server.admin_token()
     );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
