@@ -561,6 +561,20 @@ impl Api {
             return Err(auth::forbidden(user, &attributes));
         }
         let output = negotiate(&request.accept, &request.query)?;
+        if target.kind.behaviour == Behaviour::WhoAmI {
+            return match (request.method, &target.name) {
+                (Method::Post, None) => Ok(Reply::json(
+                    201,
+                    json!({
+                        "kind": "SelfSubjectReview",
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "metadata": {"creationTimestamp": null},
+                        "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+                    }),
+                )),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
         if target.kind.behaviour == Behaviour::Review {
             return match (request.method, &target.name) {
                 (Method::Post, None) => self.review(request, user),

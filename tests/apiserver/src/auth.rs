@@ -350,7 +350,10 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             "clusterroles",
             role(
                 "system:basic-user",
-                json!([{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}]),
+                json!([
+                    {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
+                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}
+                ]),
             ),
         ),
         (

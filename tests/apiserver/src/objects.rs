@@ -67,7 +67,7 @@ pub fn prepare_create(kind: &ResourceType, object: &mut Value, cluster_ip: &str)
                 .insert("kubernetes.io/metadata.name".into(), name.into());
         }
         Behaviour::CustomResourceDefinition => default_crd(object),
-        Behaviour::Custom | Behaviour::Plain | Behaviour::Review => {}
+        Behaviour::Custom | Behaviour::Plain | Behaviour::Review | Behaviour::WhoAmI => {}
     }
 }
 

@@ -51,6 +51,8 @@ pub enum Behaviour {
     Plain,
     /// SelfSubjectAccessReview: create-only, answered from RBAC, never stored.
     Review,
+    /// SelfSubjectReview (`kubectl auth whoami`): create-only, never stored.
+    WhoAmI,
 }
 
 /// The metadata.name rule of a kind.
@@ -147,7 +149,7 @@ impl ResourceType {
 
     /// The verbs discovery lists.
     pub fn verbs(&self) -> Vec<&'static str> {
-        if self.behaviour == Behaviour::Review {
+        if matches!(self.behaviour, Behaviour::Review | Behaviour::WhoAmI) {
             return vec!["create"];
         }
         vec![
@@ -315,6 +317,15 @@ const BUILTINS: &[Builtin] = &[
             "selfsubjectaccessreviews",
         )
     },
+    Builtin {
+        namespaced: false,
+        behaviour: Behaviour::WhoAmI,
+        ..builtin(
+            "authentication.k8s.io",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+        )
+    },
 ];
 
 /// The group versions in the order discovery lists them (the real server's priority order:
@@ -326,6 +337,7 @@ pub const BUILTIN_GROUP_ORDER: &[&str] = &[
     "policy",
     "rbac.authorization.k8s.io",
     "networking.k8s.io",
+    "authentication.k8s.io",
     "authorization.k8s.io",
     "coordination.k8s.io",
     "apiextensions.k8s.io",

@@ -5,4 +5,5 @@ mod cli;
 mod http_edges;
 mod kube_client;
 mod kubectl;
+mod rbac;
 mod support;
