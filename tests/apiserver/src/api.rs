@@ -309,6 +309,7 @@ impl Api {
             m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
             m.insert("creationTimestamp".into(), now.clone().into());
             state.create(&namespaces, namespace);
+            default_service_account(&mut state, name);
         }
         for (resource, mut object) in auth::bootstrap_policy() {
             let m = meta(&mut object);
@@ -943,9 +944,19 @@ impl Api {
         if target.part != Part::Main {
             return Err(Status::method_not_allowed());
         }
+        let object = decode_body(request)?;
+        self.create_object(target, object, &request.query, output)
+    }
+
+    fn create_object(
+        &self,
+        target: &Target,
+        mut object: Value,
+        query: &Query,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let validation = FieldValidation::parse(&request.query)?;
-        let mut object = decode_body(request)?;
+        let validation = FieldValidation::parse(query)?;
         self.check_body(target, &mut object)?;
         if !meta_str(&object, "resourceVersion").is_empty() {
             return Err(Status::bad_request(
@@ -1024,7 +1035,7 @@ impl Api {
         if state.get(&resource, &namespace, &name).is_some() {
             return Err(Status::already_exists(&kind.group_resource(), &name));
         }
-        if request.query.get("dryRun") == Some("All") {
+        if query.get("dryRun") == Some("All") {
             return Ok(Reply {
                 warnings,
                 ..Reply::json(201, render(kind, &object, output, true))
@@ -1033,6 +1044,9 @@ impl Api {
         let stored = state.create(&resource, stored(kind, &object));
         if let Some(types) = types {
             state.registry.set_custom(&name, types);
+        }
+        if kind.behaviour == Behaviour::Namespace {
+            default_service_account(&mut state, &name);
         }
         self.notify(&state);
         Ok(Reply {
@@ -1105,6 +1119,9 @@ impl Api {
                 details: None,
             });
         }
+        if patch_type == PatchType::Apply {
+            return self.apply(target, name, request, output);
+        }
         let mut state = self.lock();
         let resource = kind.storage_resource();
         let current = state
@@ -1129,6 +1146,101 @@ impl Api {
             target,
             name,
             patched,
+            request.query.get("dryRun") == Some("All"),
+            output,
+        )?;
+        Ok(Reply {
+            warnings: [warnings, reply.warnings].concat(),
+            ..reply
+        })
+    }
+
+    /// Server-side apply, kept simple: the applied configuration creates the object or is
+    /// merged into it (strategic merge for built-in kinds, merge patch for custom resources).
+    /// There are no managedFields: fields a manager stops applying are not removed, and there
+    /// are no conflicts between managers.
+    fn apply(
+        &self,
+        target: &Target,
+        name: &str,
+        request: &Request,
+        output: Output,
+    ) -> ApiResult<Reply> {
+        let kind = &target.kind;
+        if request.query.get("fieldManager").unwrap_or("").is_empty() {
+            let error = FieldError::required("fieldManager", "is required for apply patch");
+            return Err(Status::invalid(
+                "PatchOptions.meta.k8s.io",
+                "meta.k8s.io",
+                "",
+                &[error],
+            ));
+        }
+        let text = std::str::from_utf8(&request.body)
+            .map_err(|_| Status::bad_request("the apply configuration is not UTF-8"))?;
+        let applied: Value = serde_saphyr::from_str(text)
+            .map_err(|e| Status::bad_request(format!("error decoding YAML: {e}")))?;
+        if !applied.is_object() {
+            return Err(Status::bad_request(
+                "the apply configuration is not an object",
+            ));
+        }
+        for field in ["apiVersion", "kind"] {
+            if applied[field].as_str().unwrap_or("").is_empty() {
+                let error =
+                    FieldError::required(field, "must be specified in an apply configuration");
+                return Err(Status::invalid(
+                    &kind.qualified_kind(),
+                    &kind.group,
+                    name,
+                    &[error],
+                ));
+            }
+        }
+        if meta_str(&applied, "name") != name {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta_str(&applied, "name")
+            )));
+        }
+        let exists = {
+            let state = self.lock();
+            state
+                .get(
+                    &kind.storage_resource(),
+                    target.namespace.as_deref().unwrap_or(""),
+                    name,
+                )
+                .is_some()
+        };
+        if !exists {
+            if target.part != Part::Main {
+                return Err(Status::not_found(&kind.group_resource(), name));
+            }
+            return self.create_object(target, applied, &request.query, output);
+        }
+        let validation = FieldValidation::parse(&request.query)?;
+        let mut state = self.lock();
+        let current = state
+            .get(
+                &kind.storage_resource(),
+                target.namespace.as_deref().unwrap_or(""),
+                name,
+            )
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
+        let mut merged = versioned(kind, &current);
+        if kind.behaviour == Behaviour::Custom {
+            json_patch::merge(&mut merged, &applied);
+        } else {
+            patch::strategic_merge(&mut merged, &applied).map_err(Status::bad_request)?;
+        }
+        self.check_body(target, &mut merged)?;
+        let warnings = Self::prune(kind, &mut merged, validation, true)?;
+        let reply = self.write(
+            &mut state,
+            target,
+            name,
+            merged,
             request.query.get("dryRun") == Some("All"),
             output,
         )?;
@@ -1489,6 +1601,14 @@ fn impersonation(resource: &str, namespace: &str, name: &str) -> Attributes {
         namespace: namespace.into(),
         name: name.into(),
     }
+}
+
+/// The `default` ServiceAccount the ServiceAccount controller gives every namespace.
+fn default_service_account(state: &mut State, namespace: &str) {
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "default", "namespace": namespace,
+        "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now().to_string()}});
+    state.create(&GroupResource::new("", "serviceaccounts"), account);
 }
 
 /// generateName's five characters (the real alphabet leaves out vowels and look-alikes).

@@ -146,6 +146,19 @@ pub fn kubectl_binary() -> PathBuf {
     path
 }
 
+/// The pinned helm: `$REDISPAIR_HELM`, else `target/tools/helm` of the workspace.
+pub fn helm_binary() -> PathBuf {
+    let path = std::env::var_os("REDISPAIR_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/helm"));
+    assert!(
+        path.is_file(),
+        "helm not found at {}: run scripts/kube-tools.sh (or set REDISPAIR_HELM)",
+        path.display()
+    );
+    path
+}
+
 /// The real kubectl against one server, with a HOME and discovery cache of its own.
 pub struct Kubectl {
     binary: PathBuf,
