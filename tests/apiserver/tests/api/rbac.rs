@@ -137,6 +137,20 @@ async fn a_service_account_token_gets_exactly_what_its_roles_grant() {
         .await
         .expect("resourceNames allows auth");
     assert_eq!(forbidden(sa_secrets.get("other").await).0, 403);
+    // Impersonation is itself authorized: the ServiceAccount may not act as anyone else.
+    let token = server.service_account_token("default", "sa");
+    let (code, body) = raw_get(
+        &server,
+        "/api/v1/namespaces/default/pods",
+        &token,
+        Some("admin"),
+    )
+    .await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("status")["message"],
+        "users \"admin\" is forbidden: User \"system:serviceaccount:default:sa\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+    );
     // A token stops working when its ServiceAccount goes; an unknown one never did.
     let accounts: Api<ServiceAccount> = Api::default_namespaced(admin.clone());
     accounts
@@ -297,4 +311,28 @@ async fn kube_rs_over_tls_trusts_the_kubeconfig_ca_and_no_token_is_anonymous() {
         .await
         .expect("/version is public");
     assert_eq!(version.minor, "33");
+}
+
+/// A GET with a bearer token and, optionally, an `Impersonate-User` header.
+async fn raw_get(
+    server: &ApiServer,
+    path: &str,
+    token: &str,
+    impersonate: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connects");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
+    );
+    if let Some(user) = impersonate {
+        request.push_str(&format!("Impersonate-User: {user}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("reads");
+    crate::support::parse_response(&response)
 }
