@@ -430,8 +430,35 @@ mod tests {
         ]})));
         objects.push(("rolebindings", json!({"metadata": {"name": "pairs", "namespace": "ns"},
             "roleRef": {"kind": "Role", "name": "pairs"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]})));
+        objects.push(("clusterroles", json!({"metadata": {"name": "lease-writer"}, "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"]}
+        ]})));
+        objects.push(("rolebindings", json!({"metadata": {"name": "leases", "namespace": "ns"},
+            "roleRef": {"kind": "ClusterRole", "name": "lease-writer"}, "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "ns"}]})));
         let state = state_with(objects);
         let sa = User::service_account("ns", "sa");
+        // A RoleBinding to a ClusterRole grants its rules in the binding's namespace only.
+        assert!(authorize(
+            &state,
+            &sa,
+            &attrs("update", "coordination.k8s.io", "leases", "", "ns", "l")
+        ));
+        assert!(!authorize(
+            &state,
+            &sa,
+            &attrs("update", "coordination.k8s.io", "leases", "", "other", "l")
+        ));
+        // A rule for a resource does not cover its subresources.
+        assert!(authorize(
+            &state,
+            &sa,
+            &attrs("get", "redispair.io", "redispairs", "", "ns", "a")
+        ));
+        assert!(!authorize(
+            &state,
+            &sa,
+            &attrs("get", "redispair.io", "redispairs", "status", "ns", "a")
+        ));
         assert!(authorize(
             &state,
             &sa,

@@ -117,6 +117,12 @@ async fn a_service_account_token_gets_exactly_what_its_roles_grant() {
         forbidden(as_sa.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await),
         (403, "redispairs.redispair.io \"a\" is forbidden: User \"system:serviceaccount:default:sa\" cannot patch resource \"redispairs\" in API group \"redispair.io\" in the namespace \"default\"".into())
     );
+    let status_read = as_sa.get_status("a").await;
+    assert_eq!(
+        forbidden(status_read).0,
+        403,
+        "get on redispairs does not cover redispairs/status"
+    );
     let pods: Api<Pod> = Api::default_namespaced(sa.clone());
     assert_eq!(
         forbidden(pods.list(&ListParams::default()).await),
