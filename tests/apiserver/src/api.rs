@@ -870,10 +870,24 @@ impl Api {
         validation: FieldValidation,
         patching: bool,
     ) -> ApiResult<Vec<String>> {
-        let Some(schema) = &kind.schema else {
-            return Ok(Vec::new());
+        let decoded = match &kind.schema {
+            Some(schema) => crate::typed::prune_unknown_metadata(object).map(|mut unknown| {
+                unknown.extend(schema.prune(object));
+                unknown
+            }),
+            None if kind.behaviour == Behaviour::Custom => {
+                crate::typed::prune_unknown_metadata(object)
+            }
+            None => {
+                crate::typed::prune_unknown(&kind.group, &kind.kind, &kind.api_version(), object)
+            }
         };
-        let unknown = schema.prune(object);
+        let unknown = decoded.map_err(|e| {
+            Status::bad_request(format!(
+                "{} in version {:?} cannot be handled as a {}: {e}",
+                kind.kind, kind.version, kind.kind
+            ))
+        })?;
         if unknown.is_empty() || validation == FieldValidation::Ignore {
             return Ok(Vec::new());
         }

@@ -26,6 +26,7 @@ mod status;
 mod store;
 mod table;
 mod tls;
+mod typed;
 mod watch;
 
 pub use server::{ApiServer, Options, kubeconfig_yaml};
