@@ -168,29 +168,31 @@ impl RedisPod {
 
 static NEXT_PARTITION: AtomicU8 = AtomicU8::new(0);
 
-/// A network partition on loopback: packets between the addresses of one side and those of
-/// the other are dropped (nftables, both directions), as a cut cable drops them: connections
-/// time out, nothing is refused. Every other path stays open. Healed on Drop.
+/// A network partition on loopback: packets between one server (its address and port) and
+/// the addresses it is cut off from are dropped (nftables, both directions), as a cut cable
+/// drops them: connections time out, nothing is refused. Every other path stays open, and
+/// only that port is matched: nftables rules hold for the whole machine, and other test
+/// processes put servers of their own on the same loopback addresses (ports are leased).
+/// Healed on Drop.
 pub struct Partition {
     table: String,
 }
 
 impl Partition {
     /// Needs root and `nft` (Debian's nftables; scripts/test.sh installs it).
-    pub fn between(one: &[&str], other: &[&str]) -> Partition {
+    pub fn isolate(server: &RedisServer, from: &[&str]) -> Partition {
         let table = format!(
             "redispair_test_{}_{}",
             std::process::id(),
             NEXT_PARTITION.fetch_add(1, Ordering::SeqCst)
         );
-        let set = |ips: &[&str]| format!("{{ {} }}", ips.join(", "));
+        let (ip, port) = (server.host(), server.port());
+        let others = format!("{{ {} }}", from.join(", "));
         let script = format!(
             "add table inet {table}\n\
              add chain inet {table} input {{ type filter hook input priority -10; policy accept; }}\n\
-             add rule inet {table} input ip saddr {a} ip daddr {b} drop\n\
-             add rule inet {table} input ip saddr {b} ip daddr {a} drop\n",
-            a = set(one),
-            b = set(other)
+             add rule inet {table} input ip saddr {others} ip daddr {ip} tcp dport {port} drop\n\
+             add rule inet {table} input ip saddr {ip} tcp sport {port} ip daddr {others} drop\n"
         );
         let mut nft = Command::new("nft")
             .args(["-f", "-"])
