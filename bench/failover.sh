@@ -18,7 +18,7 @@
 #   DOWN_AFTER_MS=1000 (redis-pair --down-after and Sentinel down-after-milliseconds),
 #   FAILOVER_TIMEOUT_MS=2000 (Sentinel), PAIR_ARGS (extra redis-pair local flags),
 #   WRITER_ARGS (extra writer flags, e.g. --response-timeout-ms 200), BASE_PORT (17200),
-#   SKIP_BUILD=1, REQUIRE_PAIR=1.
+#   SKIP_BUILD=1, REQUIRE_PAIR=1, WRITER (a built failover_writer; default: cargo build it).
 # Output: a table on stdout; bench/out/failover-<time>/{results.tsv,table.md,logs}.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -46,10 +46,7 @@ mkdir -p "$OUT"
 ensure_tools redis-server redis-server redis-cli redis-tools redis-sentinel redis-sentinel \
   python3 python3 curl curl jq jq
 raise_fd_limit
-log "cargo build --example failover_writer"
-(cd "$REPO_DIR" && cargo build -q --example failover_writer 2>&1 | tail -3) >&2
-WRITER=$REPO_DIR/target/debug/examples/failover_writer
-[ -x "$WRITER" ] || die "writer did not build"
+build_writer
 if [[ " $SYSTEMS " == *" redis-pair "* ]]; then
   if ! build_pair; then
     [ "${REQUIRE_PAIR:-0}" = 1 ] && die "redis-pair does not build or has no 'local' subcommand"
@@ -131,16 +128,6 @@ EOF
   wait_until 20 sentinel_healthy
 }
 
-wait_until() { # timeout_s cmd...
-  local limit=$1; shift
-  local end=$(( $(date +%s%N) + limit * 1000000000 ))
-  while [ "$(date +%s%N)" -lt "$end" ]; do
-    "$@" && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 # --- one round --------------------------------------------------------------------------------
 printf 'system\tfault\tround\trecovery_ms\tmax_gap_ms\tacked\tfailed\tlost_pre\tlost_all\top_ms\tsettle_ms\tnote\n' >"$OUT/results.tsv"
 LAST_SENTINEL_FAILOVER=0
@@ -148,10 +135,6 @@ LAST_SENTINEL_FAILOVER=0
 settled() { # a b: one master, the other a replica of it
   local ra rb; ra=$(role_of "$1"); rb=$(role_of "$2")
   { [ "$ra" = master ] && [ "$rb" = slave ]; } || { [ "$ra" = slave ] && [ "$rb" = master ]; }
-}
-
-first_ack_after() { # log t_ns: succeeds when a write sent after t was acked
-  awk -v t="$2" '$1 == "ack" && $3 > t {found=1; exit} END {exit !found}' "$1"
 }
 
 run_round() { # system fault round

@@ -1,4 +1,4 @@
-# Shared helpers for bench/proxy.sh and bench/failover.sh (sourced, not run).
+# Shared helpers for bench/proxy.sh, bench/failover.sh and bench/kube.sh (sourced, not run).
 # Everything listens on and talks to 127.0.0.1 only.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,6 +57,31 @@ build_pair() {
     (cd "$REPO_DIR" && cargo build --release --bin redis-pair 2>&1 | tail -3) >&2 || return 1
   fi
   [ -x "$PAIR_BIN" ] && "$PAIR_BIN" local --help >/dev/null 2>&1
+}
+
+# The failover writer (examples/failover_writer.rs), a debug build as bench/failover.sh has
+# always used; WRITER=path uses one built already. Sets WRITER.
+build_writer() {
+  if [ -z "${WRITER:-}" ]; then
+    log "cargo build --example failover_writer"
+    (cd "$REPO_DIR" && cargo build -q --example failover_writer 2>&1 | tail -3) >&2
+    WRITER=$REPO_DIR/target/debug/examples/failover_writer
+  fi
+  [ -x "$WRITER" ] || die "writer did not build"
+}
+
+wait_until() { # timeout_s cmd...
+  local limit=$1; shift
+  local end=$(( $(date +%s%N) + limit * 1000000000 ))
+  while [ "$(date +%s%N)" -lt "$end" ]; do
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+first_ack_after() { # log t_ns: succeeds when a write sent after t was acked
+  awk -v t="$2" '$1 == "ack" && $3 > t {found=1; exit} END {exit !found}' "$1"
 }
 
 raise_fd_limit() {
