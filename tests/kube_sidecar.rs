@@ -319,6 +319,67 @@ async fn a_new_publication_moves_every_new_connection_and_closes_pinned_ones() {
 }
 
 #[tokio::test]
+async fn a_newer_publication_stops_the_old_master_at_once_and_the_new_one_is_routed_when_it_answers()
+ {
+    let (a, mut b) = two_masters().await;
+    let kube = published(1, &a).await;
+    let sidecar = ready_sidecar(&kube).await;
+    let (mut pinned, _) = pinned_client(&sidecar).await;
+
+    // The new master does not answer yet (its process is not up).
+    b.kill();
+    kube.publish(PAIR, 2, Some(&b.addr())).await;
+    pinned
+        .await_closed(SETTLE_DEADLINE)
+        .await
+        .expect("the pinned connection to the old master is closed");
+    sidecar
+        .await_not_ready("not verified yet", SETTLE_DEADLINE)
+        .await;
+    let echoes = calls(&a, "echo").await.unwrap();
+    always(
+        "no new connection reaches the superseded master",
+        Duration::from_millis(1500),
+        async || {
+            let mut conn = sidecar
+                .proxy_conn()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.send(&["ECHO", "x"])
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            if let Ok(reply) = conn.read_within(WAIT_FOR_MASTER * 4).await {
+                return Err(format!("a reply came: {}", reply.brief()));
+            }
+            match calls(&a, "echo").await? {
+                n if n == echoes => Ok(()),
+                n => Err(format!("the old master ran ECHO {} times", n - echoes)),
+            }
+        },
+    )
+    .await;
+
+    // Up: retried quickly (at most a check period apart), verified and routed.
+    b.restart().await;
+    let up = Instant::now();
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    assert!(
+        up.elapsed() < Duration::from_millis(1500),
+        "routed {:?} after the new master came up",
+        up.elapsed()
+    );
+    await_routed_to(&sidecar, &b).await;
+    assert!(
+        metric(
+            &sidecar,
+            r#"redispair_sidecar_role_checks_total{outcome="refused"}"#
+        )
+        .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
 async fn a_publication_with_a_lower_epoch_is_ignored() {
     let (a, b) = two_masters().await;
     let kube = published(5, &a).await;
@@ -588,6 +649,17 @@ async fn an_api_server_outage_of_30s_keeps_the_last_master_and_the_watch_resumes
     assert_eq!(
         a.get("during-outage").await.unwrap(),
         Some(writes.to_string())
+    );
+    // It retried with backoff (250 ms doubling to 5 s, jittered: at most ~16 tries in 30 s),
+    // not in a tight loop.
+    let tries = metric(
+        &sidecar,
+        r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#,
+    )
+    .await;
+    assert!(
+        tries <= 20.0,
+        "{tries} failed watch attempts during a 30 s outage"
     );
 
     // A failover while the API server was down is published once it is back: followed.

@@ -59,6 +59,8 @@ pub struct Follower {
     logged_answer: Option<(CandidateId, Result<Role, FailureKind>)>,
     /// The watch failure being reported, while the watch is down.
     watch_down: Option<WatchErrorKind>,
+    /// Whether the watch has delivered anything yet.
+    watch_started: bool,
 }
 
 impl Follower {
@@ -69,6 +71,7 @@ impl Follower {
             outputs,
             logged_answer: None,
             watch_down: None,
+            watch_started: false,
         }
     }
 
@@ -200,6 +203,7 @@ impl Follower {
     }
 
     fn watch_resumed(&mut self) {
+        self.watch_started = true;
         if let Some(kind) = self.watch_down.take()
             && kind != WatchErrorKind::Gone
         {
@@ -219,11 +223,13 @@ impl Follower {
         let master = published.master.as_ref().map(ToString::to_string);
         let held = self.route.cluster_epoch();
         match outcome {
-            PublicationOutcome::Followed => info!(
-                epoch = published.epoch,
-                master = ?master,
-                "new publication; verifying the master before routing to it"
-            ),
+            PublicationOutcome::Followed => match &master {
+                Some(master) => info!(
+                    epoch = published.epoch,
+                    master, "new publication; verifying the master before routing to it"
+                ),
+                None => info!(epoch = published.epoch, "new publication: no master"),
+            },
             PublicationOutcome::Unchanged => {}
             PublicationOutcome::Stale => warn!(
                 epoch = published.epoch,
@@ -271,11 +277,15 @@ impl Follower {
                      REDISPAIR_PASSWORD (and --username for an ACL user) to what the server \
                      requires"
                 ),
+                Err(kind) if self.route.verified() => info!(
+                    server = master,
+                    failure = kind.as_str(),
+                    "the ROLE check got no answer; the verified master stays routed"
+                ),
                 Err(kind) => info!(
                     server = master,
                     failure = kind.as_str(),
-                    verified = self.route.verified(),
-                    "the ROLE check got no answer; a verified master stays routed"
+                    "the published master does not answer ROLE yet; asking again soon"
                 ),
             }
             self.logged_answer = Some((id, answer));
@@ -324,7 +334,7 @@ impl Follower {
             .set(i64::from(self.route.verified()));
         metrics.pair_found.set(i64::from(self.route.pair_found()));
         let not_ready = self.route.readiness().err().map(|why| why.to_string());
-        let watching = self.watch_down.is_none();
+        let watching = self.watch_started && self.watch_down.is_none();
         self.outputs.view.send_if_modified(|view| {
             let changed = view.cluster_epoch != self.route.cluster_epoch()
                 || view.master != published.master

@@ -14,6 +14,7 @@
 
 mod follow;
 mod pair;
+mod resident;
 mod role;
 mod route;
 
@@ -143,9 +144,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
                 Some(why) => Err(format!("{pair}: {why}")),
             })
         },
-        status: Some(Box::new(move || {
-            serde_json::to_value(&*view_rx.borrow()).unwrap_or_default()
-        })),
+        status: Some({
+            let view = view_rx.clone();
+            Box::new(move || serde_json::to_value(&*view.borrow()).unwrap_or_default())
+        }),
         engine: None,
         draining: stop_accepting.clone(),
     });
@@ -161,6 +163,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
         args.proxy.config(CONNECT_TIMEOUT),
         stop_accepting.clone(),
     ));
+    tokio::spawn(release_startup_pages(view_rx));
     info!(
         pair = %args.pair,
         namespace = %namespace,
@@ -192,6 +195,20 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     let _ = admin_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// Once start-up is over (the first verified master, or a few seconds), gives back the pages
+/// of code that only start-up ran (see `resident`).
+async fn release_startup_pages(mut view: watch::Receiver<View>) {
+    let ready = view.wait_for(|v| v.not_ready.is_none());
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    // Let the first ROLE check's and the first requests' connections settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let released = resident::release_startup_pages();
+    tracing::debug!(
+        released_kib = released / 1024,
+        "released the pages of start-up code"
+    );
 }
 
 /// `--namespace`, else `POD_NAMESPACE` (both through clap), else the service account's
