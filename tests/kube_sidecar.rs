@@ -404,6 +404,33 @@ async fn a_publication_with_a_lower_epoch_is_ignored() {
     await_routed_to(&sidecar, &b).await;
 }
 
+#[tokio::test]
+async fn only_its_own_pair_is_followed() {
+    let (a, b) = two_masters().await;
+    let kube = Kube::start().await;
+    kube.create_pair("other", spec_selecting(&[("app", "other")]))
+        .await;
+    kube.publish("other", 9, Some(&b.addr())).await;
+    let sidecar = sidecar(&kube).start().await;
+    sidecar
+        .await_not_ready("does not exist", SETTLE_DEADLINE)
+        .await;
+
+    kube.create_pair(PAIR, spec_selecting(&[("app", "redis")]))
+        .await;
+    kube.publish(PAIR, 1, Some(&a.addr())).await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    // The other pair's publications, newer epochs and all, are not ours.
+    kube.publish("other", 10, Some(&b.addr())).await;
+    kube.delete_pair("other").await;
+    always_routed_to(&sidecar, &a, Duration::from_secs(1)).await;
+    assert_eq!(
+        metric(&sidecar, "redispair_sidecar_cluster_epoch").await,
+        1.0
+    );
+    assert_eq!(metric(&sidecar, "redispair_sidecar_pair_found").await, 1.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fencing: ROLE before routing and every second after
 // ---------------------------------------------------------------------------------------------
@@ -715,23 +742,29 @@ async fn dropped_watch_streams_and_a_compacted_history_are_survived() {
 }
 
 #[tokio::test]
-async fn an_unreachable_api_server_at_start_up_is_waited_for() {
+async fn an_unreachable_api_server_at_start_up_is_waited_for_with_backoff() {
     let (a, _b) = two_masters().await;
     let kube = published(1, &a).await;
-    kube.refuse_connections_for(Duration::from_secs(3)).await;
+    let outage = Duration::from_secs(8);
+    kube.refuse_connections_for(outage).await;
+    let down = Instant::now();
     let sidecar = sidecar(&kube).start().await;
     match sidecar.readyz().await.expect("/readyz") {
         (503, _) => {}
         (code, body) => panic!("ready without the API server: {code} {body}"),
     }
-    await_metric_at_least(
-        &sidecar,
-        r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#,
-        1.0,
-    )
-    .await;
-    sidecar.await_ready(SETTLE_DEADLINE).await;
+    let unreachable = r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#;
+    await_metric_at_least(&sidecar, unreachable, 1.0).await;
+    sidecar.await_ready(outage + SETTLE_DEADLINE).await;
+    assert!(down.elapsed() >= outage, "ready during the outage");
     await_routed_to(&sidecar, &a).await;
+    // Each try lists afresh; the backoff (250 ms doubling to 5 s, jittered) allows at most ~8
+    // in 8 s. Without it, a try every ~200 ms: about 40.
+    let tries = metric(&sidecar, unreachable).await;
+    assert!(
+        tries <= 12.0,
+        "{tries} failed lists during an {outage:?} outage"
+    );
 }
 
 #[tokio::test]
