@@ -631,6 +631,48 @@ async fn role_checks_use_the_sidecars_credentials_and_clients_their_own() {
     assert_eq!(conn.cmd(&["GET", "k"]).await.unwrap(), Resp::Nil);
 }
 
+#[tokio::test]
+async fn a_rotated_password_file_is_read_again() {
+    let a = RedisServer::builder()
+        .host("127.0.0.2")
+        .requirepass("one")
+        .start()
+        .await;
+    let kube = published(1, &a).await;
+    let dir = support::TestDir::new("password");
+    let file = dir.path().join("password");
+    std::fs::write(&file, "one\n").expect("write the password file");
+    let sidecar = sidecar(&kube)
+        .arg("--password-file")
+        .arg(&file.display().to_string())
+        .start()
+        .await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+
+    // The Secret is rotated: the server and the mounted file change.
+    let mut admin = Conn::connect_auth(&a.addr(), Some("one"))
+        .await
+        .expect("connect");
+    assert!(
+        admin
+            .cmd(&["CONFIG", "SET", "requirepass", "two"])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    std::fs::write(&file, "two\n").expect("rotate the password file");
+    // A republication needs a new verification, which works with the new password only.
+    kube.publish(PAIR, 2, Some(&a.addr())).await;
+    await_metric_at_least(&sidecar, "redispair_sidecar_cluster_epoch", 2.0).await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    // Verified under the new epoch: un-routed for it (generation 2), routed again (3).
+    assert_eq!(
+        metric(&sidecar, "redispair_sidecar_route_generation").await,
+        3.0
+    );
+    assert!(sidecar.log_text().contains("read a new password"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The API server: outages, dropped watches, compaction, deletion, bad annotations
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //! logs, once per change rather than once per event.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::{Pin, pin};
 
 use futures_util::{Stream, StreamExt};
@@ -13,7 +14,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::engine::redis_io::Connector;
+use crate::engine::redis_io::{Connector, Credentials};
 use crate::engine::{Endpoint, FailureKind, Published, Role};
 use crate::metrics::{
     PublicationLabel, PublicationOutcome, RoleCheckLabel, RouteChange, RouteChangeLabel,
@@ -50,8 +51,16 @@ pub struct Outputs {
 
 type RoleCheck = Pin<Box<dyn Future<Output = (CandidateId, RoleAnswer)> + Send>>;
 
+/// The ROLE checks' credentials: a `--password-file` is read again when a server rejects them
+/// (a rotated Secret), since a new master could otherwise never be verified.
+pub struct RoleCredentials {
+    pub credentials: Credentials,
+    pub password_file: Option<PathBuf>,
+}
+
 pub struct Follower {
     route: Route,
+    credentials: RoleCredentials,
     connector: Connector,
     outputs: Outputs,
     /// The last ROLE answer kind logged for the current candidate, so a server that keeps
@@ -64,10 +73,11 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(connector: Connector, outputs: Outputs) -> Self {
+    pub fn new(credentials: RoleCredentials, outputs: Outputs) -> Self {
         Self {
             route: Route::new(),
-            connector,
+            connector: Connector::new(credentials.credentials.clone(), role::ROLE_TIMEOUT),
+            credentials,
             outputs,
             logged_answer: None,
             watch_down: None,
@@ -254,6 +264,9 @@ impl Follower {
                 outcome: role::outcome(&answer),
             })
             .inc();
+        if answer == Err(FailureKind::AuthFailed) {
+            self.reread_password();
+        }
         let endpoint = self
             .route
             .check()
@@ -291,6 +304,25 @@ impl Follower {
             self.logged_answer = Some((id, answer));
         }
         Some(after)
+    }
+
+    /// Reads `--password-file` again; a changed password is used from the next check on.
+    fn reread_password(&mut self) {
+        let Some(path) = &self.credentials.password_file else {
+            return;
+        };
+        match super::read_password(Some(path)) {
+            Ok(password) if password != self.credentials.credentials.password => {
+                info!(file = %path.display(), "read a new password from --password-file");
+                self.credentials.credentials.password = password;
+                self.connector =
+                    Connector::new(self.credentials.credentials.clone(), role::ROLE_TIMEOUT);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(error = %error, "cannot read --password-file again; keeping the password read before")
+            }
+        }
     }
 
     /// Hands a changed route to the proxy and refreshes what the admin endpoint shows.

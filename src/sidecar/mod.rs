@@ -33,21 +33,21 @@ use crate::admin::{self, AdminState};
 use crate::cli::ProxyArgs;
 use crate::cluster::{self, ClusterError};
 use crate::engine::Published;
-use crate::engine::redis_io::{Connector, Credentials};
+use crate::engine::redis_io::Credentials;
 use crate::local::PASSWORD_ENV;
 use crate::metrics::{self, ProxyMetrics, SidecarMetrics};
 use crate::proxy;
 
-use self::follow::{Follower, Outputs, View};
+use self::follow::{Follower, Outputs, RoleCredentials, View};
 
 /// Deadline for a client's connection to the master (the proxy's connect timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("{flag} {value:?} is not a valid Kubernetes name: {why}")]
+    #[error("{what} {value:?} is not a valid Kubernetes name: {why}")]
     InvalidName {
-        flag: &'static str,
+        what: &'static str,
         value: String,
         why: &'static str,
     },
@@ -88,7 +88,7 @@ impl SidecarError {
 pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     check_name("--pair", &args.pair, 253)?;
     let namespace = namespace(&args)?;
-    check_name("--namespace", &namespace, 63)?;
+    check_name("the namespace", &namespace, 63)?;
     let credentials = Credentials {
         username: args.credentials.username.clone(),
         password: read_password(args.credentials.password_file.as_ref())?,
@@ -119,7 +119,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
         watching: false,
     });
     let follower = Follower::new(
-        Connector::new(credentials, role::ROLE_TIMEOUT),
+        RoleCredentials {
+            credentials,
+            password_file: args.credentials.password_file.clone(),
+        },
         Outputs {
             route: route_tx,
             view: view_tx,
@@ -228,9 +231,9 @@ fn namespace(args: &ProxyArgs) -> Result<String, SidecarError> {
 
 /// A DNS-1123 name as Kubernetes requires of objects (subdomain, `max` 253) and namespaces
 /// (label, `max` 63): a typo is reported now, not as a watch that never finds anything.
-fn check_name(flag: &'static str, value: &str, max: usize) -> Result<(), SidecarError> {
+fn check_name(what: &'static str, value: &str, max: usize) -> Result<(), SidecarError> {
     let fail = |why| SidecarError::InvalidName {
-        flag,
+        what,
         value: value.to_owned(),
         why,
     };
@@ -295,12 +298,12 @@ mod tests {
     fn names_are_checked_as_kubernetes_checks_them() {
         assert!(check_name("--pair", "cache", 253).is_ok());
         assert!(check_name("--pair", "cache-1.eu", 253).is_ok());
-        assert!(check_name("--namespace", "apps-2", 63).is_ok());
+        assert!(check_name("the namespace", "apps-2", 63).is_ok());
         for bad in ["", "Cache", "cache_1", "-cache", "cache-", "a..b", ".a"] {
             assert!(check_name("--pair", bad, 253).is_err(), "{bad:?}");
         }
-        assert!(check_name("--namespace", "a.b", 63).is_err());
-        assert!(check_name("--namespace", &"a".repeat(64), 63).is_err());
+        assert!(check_name("the namespace", "a.b", 63).is_err());
+        assert!(check_name("the namespace", &"a".repeat(64), 63).is_err());
         assert!(check_name("--pair", &"a".repeat(254), 253).is_err());
     }
 
