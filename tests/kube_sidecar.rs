@@ -393,11 +393,26 @@ async fn a_publication_with_a_lower_epoch_is_ignored() {
         1.0,
     )
     .await;
+    // Left in place while the RedisPair changes otherwise: still ignored, logged once.
+    kube.touch(PAIR, "1").await;
+    kube.touch(PAIR, "2").await;
+    await_metric_at_least(
+        &sidecar,
+        r#"redispair_sidecar_publications_total{outcome="stale"}"#,
+        3.0,
+    )
+    .await;
     always_routed_to(&sidecar, &a, Duration::from_millis(1500)).await;
     assert_eq!(
         metric(&sidecar, "redispair_sidecar_cluster_epoch").await,
         5.0
     );
+    let warnings = sidecar
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("lower epoch"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for one stale publication");
 
     // The watch still follows a newer one.
     kube.publish(PAIR, 6, Some(&b.addr())).await;

@@ -65,7 +65,10 @@ pub struct Follower {
     outputs: Outputs,
     /// The last ROLE answer kind logged for the current candidate, so a server that keeps
     /// failing is logged once.
-    logged_answer: Option<(CandidateId, Result<Role, FailureKind>)>,
+    logged_answer: Option<(CandidateId, RoleAnswer)>,
+    /// The last ignored (stale or conflicting) publication logged, so that one left in place
+    /// is logged once and not at every status update of the RedisPair.
+    logged_ignored: Option<Published>,
     /// The watch failure being reported, while the watch is down.
     watch_down: Option<WatchErrorKind>,
     /// Whether the watch has delivered anything yet.
@@ -80,6 +83,7 @@ impl Follower {
             credentials,
             outputs,
             logged_answer: None,
+            logged_ignored: None,
             watch_down: None,
             watch_started: false,
         }
@@ -229,9 +233,17 @@ impl Follower {
             .inc();
     }
 
-    fn log_publication(&self, outcome: PublicationOutcome, published: &Published) {
+    fn log_publication(&mut self, outcome: PublicationOutcome, published: &Published) {
         let master = published.master.as_ref().map(ToString::to_string);
         let held = self.route.cluster_epoch();
+        let ignored = matches!(
+            outcome,
+            PublicationOutcome::Stale | PublicationOutcome::Conflict
+        );
+        if ignored && self.logged_ignored.as_ref() == Some(published) {
+            return;
+        }
+        self.logged_ignored = ignored.then(|| published.clone());
         match outcome {
             PublicationOutcome::Followed => match &master {
                 Some(master) => info!(

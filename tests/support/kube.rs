@@ -14,7 +14,9 @@
 //! ```
 //!
 //! The API server runs on a thread and runtime of its own, so a test that blocks its own
-//! thread (a fixture's Drop waiting for a process) never stalls the API server as well.
+//! thread (a fixture's Drop waiting for a process) never stalls the API server as well, and on
+//! a leased port (`PortLease`), so that no other test process takes the port while an outage
+//! has it closed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -54,37 +56,27 @@ pub struct Kube {
     namespace: String,
     kubeconfig: PathBuf,
     _dir: TestDir,
+    _port: PortLease,
 }
 
 impl Kube {
     /// Starts the API server, installs the CRD (`RedisPair::crd()`, what `crds/` holds) and
     /// creates the namespace.
     pub async fn start() -> Kube {
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("test-apiserver".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let _ = started_tx.send(ApiServer::start(Options::default()).await);
-                    let _ = stopped.await;
-                });
-            })
-            .expect("spawn the API server thread");
-        let server = started_rx
-            .await
-            .expect("the API server thread answers")
-            .expect("the test API server starts");
+        let mut attempt = 0;
+        let (port, server, stop, thread) = loop {
+            // On a leased port: during an outage (`refuse_connections_for`) the port is closed,
+            // and no other test process may take it before the API server takes it back.
+            let port = PortLease::take();
+            match start_on_own_thread(port.port()) {
+                Ok((server, stop, thread)) => break (port, server, stop, thread),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("[harness] the test API server did not start ({e}); trying again");
+                }
+                Err(e) => panic!("the test API server does not start: {e}"),
+            }
+        };
         let dir = TestDir::new("kube");
         let kubeconfig = dir.path().join("kubeconfig");
         server
@@ -100,6 +92,7 @@ impl Kube {
             server: Some(server),
             stop: Some(stop),
             thread: Some(thread),
+            _port: port,
             client,
             namespace,
             kubeconfig,
@@ -265,6 +258,49 @@ impl Drop for Kube {
             let _ = thread.join();
         }
     }
+}
+
+type ApiServerThread = (
+    ApiServer,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+);
+
+/// Starts the API server on 127.0.0.1:`port` on a thread with a runtime of its own, which runs
+/// until the returned sender is used or dropped.
+fn start_on_own_thread(port: u16) -> std::io::Result<ApiServerThread> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("test-apiserver".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let options = Options {
+                    listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    ..Options::default()
+                };
+                let started = ApiServer::start(options).await;
+                let ok = started.is_ok();
+                let _ = started_tx.send(started);
+                if ok {
+                    let _ = stopped.await;
+                }
+            });
+        })?;
+    let server = started_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the API server thread ended"))??;
+    Ok((server, stop, thread))
 }
 
 async fn client_for(server: &ApiServer) -> kube::Client {
