@@ -5,6 +5,8 @@
 #
 #   scripts/demo.sh            # interactive: stays up after the show
 #   scripts/demo.sh --once     # the show only, then clean up (what CI-like checks use)
+#   scripts/demo.sh --kube     # the Kubernetes mode instead (scripts/demo-kube.sh): controller,
+#                              # sidecars and kubectl on the project's test API server
 #
 # Ports: REDIS_A (7001), REDIS_B (7002), LISTEN (6400), ADMIN (9400).
 set -euo pipefail
@@ -14,6 +16,10 @@ REDIS_A=${REDIS_A:-7001}
 REDIS_B=${REDIS_B:-7002}
 LISTEN=${LISTEN:-6400}
 ADMIN=${ADMIN:-9400}
+if [ "${1:-}" = "--kube" ]; then
+  shift
+  exec scripts/demo-kube.sh "$@"
+fi
 ONCE=0
 [ "${1:-}" = "--once" ] && ONCE=1
 

@@ -14,10 +14,14 @@ tools="target/tools"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# The versions are read whole before they are compared: `grep -q` on a pipe exits at the first
+# match, and with pipefail the writer's SIGPIPE would fail the check.
 installed() {
-  [ -x "$tools/kubectl" ] && [ -x "$tools/helm" ] &&
-    "$tools/kubectl" version --client 2>/dev/null | grep -q "Client Version: $kubectl_version\$" &&
-    "$tools/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$helm_version"
+  [ -x "$tools/kubectl" ] && [ -x "$tools/helm" ] || return 1
+  local kubectl helm
+  kubectl=$("$tools/kubectl" version --client 2>/dev/null) || return 1
+  helm=$("$tools/helm" version --template '{{.Version}}' 2>/dev/null) || return 1
+  grep -qx "Client Version: $kubectl_version" <<<"$kubectl" && [ "$helm" = "$helm_version" ]
 }
 
 if installed; then

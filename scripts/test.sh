@@ -22,6 +22,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-packaging.sh  # chart, schema, manifests, Dockerfile; installs the helm tests/packaging.rs renders with
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --profile ci

@@ -2,6 +2,10 @@
 //! in-cluster, kube's usual inference) and the namespace this process runs in.
 
 use std::path::Path;
+use std::time::Duration;
+
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 
 /// Where Kubernetes mounts the namespace of a pod's service account.
 pub const SERVICE_ACCOUNT_NAMESPACE: &str =
@@ -33,6 +37,20 @@ pub async fn connect() -> Result<Cluster, ClusterError> {
         client,
         default_namespace,
     })
+}
+
+/// How a watch that failed is retried: after 100 ms, doubling to at most 2 s, back to 100 ms
+/// once it has held for 30 s. kube's default (client-go's) grows to 30 s, so after an API
+/// server outage of that length a watch could resume half a minute late: a failover, or a
+/// sidecar following one, would wait that long.
+pub fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(builder), Duration::from_secs(30))
 }
 
 /// The namespace of the pod this process runs in: `POD_NAMESPACE` (the downward API), else

@@ -49,9 +49,9 @@ pub const ROLE_LABEL: &str = "redispair.io/role";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "!self.fencing.enabled || duration(self.failover.downAfter) >= duration(string(self.fencing.maxLagSeconds + 1) + 's')"
+    "!self.fencing.enabled || duration(self.failover.downAfter) >= duration(string(self.fencing.maxLagSeconds + 2) + 's') + duration(self.failover.probeInterval)"
 ).message(
-    "failover.downAfter must be at least fencing.maxLagSeconds + 1s: a master cut off from its replicas keeps taking writes for up to maxLagSeconds + 1s, and no replica may be promoted before that"
+    "failover.downAfter must be at least fencing.maxLagSeconds + 2s + failover.probeInterval: a master cut off from its replicas may take writes for up to maxLagSeconds + 2s, and no replica may be promoted before it stops"
 ))]
 #[x_kube(validation = Rule::new(
     "duration(self.failover.probeTimeout) < duration(self.failover.downAfter)"
@@ -131,7 +131,8 @@ pub struct FailoverSpec {
 
 /// Write fencing: while a replica is in sync, the master keeps `min-replicas-to-write 1`, so a
 /// master cut off from its replicas and from the controller stops acknowledging writes within
-/// `maxLagSeconds` + 1s instead of taking writes a promoted replica never sees. When the
+/// `maxLagSeconds` + 2s (Redis counts the lag in whole seconds and checks it once a second)
+/// instead of taking writes a promoted replica never sees. When the
 /// controller reaches the master and sees no replica left, it lowers the fence so the master
 /// alone keeps serving.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
@@ -162,7 +163,7 @@ fn default_probe_timeout() -> Duration {
     StdDuration::from_millis(250).into()
 }
 fn default_down_after() -> Duration {
-    StdDuration::from_secs(3).into()
+    StdDuration::from_secs(5).into()
 }
 fn default_switchover_timeout() -> Duration {
     StdDuration::from_secs(5).into()
@@ -386,7 +387,7 @@ mod tests {
         assert_eq!(spec.port, 6379);
         assert_eq!(spec.auth_secret_ref, None);
         assert_eq!(spec.failover, FailoverSpec::default());
-        assert_eq!(spec.failover.down_after(), StdDuration::from_secs(3));
+        assert_eq!(spec.failover.down_after(), StdDuration::from_secs(5));
         assert!(!spec.paused);
         assert_eq!(spec.fencing, FencingSpec::default());
     }

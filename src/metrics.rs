@@ -217,6 +217,112 @@ pub fn registry() -> Registry {
     Registry::with_prefix("redispair")
 }
 
+/// An API write of the controller, for `redispair_controller_api_writes_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ApiWrite {
+    /// The master and epoch annotations.
+    Publish,
+    /// The role label of a pod.
+    Label,
+    Status,
+    Event,
+    Lease,
+    /// Removing a handled switchover request.
+    SwitchoverAnnotation,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum WriteOutcome {
+    Success,
+    /// Refused because someone else wrote first (409, or a failed JSON-patch test).
+    Conflict,
+    Failure,
+    Timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiWriteLabels {
+    pub kind: ApiWrite,
+    pub outcome: WriteOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// The controller's own view: leadership, reconciles, pairs by phase, every API write.
+#[derive(Clone, Default)]
+pub struct ControllerMetrics {
+    pub leader: Gauge,
+    pub reconciles: Family<OutcomeLabel, Counter>,
+    pub pairs: Family<PhaseLabel, Gauge>,
+    pub engines: Gauge,
+    pub api_writes: Family<ApiWriteLabels, Counter>,
+}
+
+impl ControllerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = ControllerMetrics::default();
+        registry.register(
+            "controller_leader",
+            "1 while this controller holds the lease and acts",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "controller_reconciles",
+            "Reconciles of a RedisPair, by outcome (ok, invalid, error)",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "controller_pairs",
+            "RedisPairs this controller manages, by phase",
+            metrics.pairs.clone(),
+        );
+        registry.register(
+            "controller_engines",
+            "Failover engines running (one per managed RedisPair)",
+            metrics.engines.clone(),
+        );
+        registry.register(
+            "controller_api_writes",
+            "Writes to the Kubernetes API, by kind and outcome",
+            metrics.api_writes.clone(),
+        );
+        for phase in ["Healthy", "Degraded", "NoMaster", "Paused", "Invalid"] {
+            drop(metrics.pairs.get_or_create(&PhaseLabel { phase }));
+        }
+        metrics
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// Counts the outcome of one API write.
+    pub fn api_write<T>(&self, kind: ApiWrite, result: &Result<T, kube::Error>) {
+        let outcome = match result {
+            Ok(_) => WriteOutcome::Success,
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 422 => {
+                WriteOutcome::Conflict
+            }
+            Err(_) => WriteOutcome::Failure,
+        };
+        self.count_write(kind, outcome);
+    }
+
+    pub fn count_write(&self, kind: ApiWrite, outcome: WriteOutcome) {
+        self.api_writes
+            .get_or_create(&ApiWriteLabels { kind, outcome })
+            .inc();
+    }
+}
+
 /// A label value type for the sidecar: a fixed enum (so the label is bounded by construction)
 /// written in snake_case, with `ALL` to create every series up front.
 macro_rules! label_values {

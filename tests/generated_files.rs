@@ -27,7 +27,7 @@ fn crds_redispair_yaml_is_what_redis_pair_crd_prints() {
     assert!(
         committed("crds/redispair.yaml") == redis_pair_crd(),
         "crds/redispair.yaml differs from `redis-pair crd`; regenerate it with \
-         `cargo run -q -- crd > crds/redispair.yaml`"
+         `cargo run -q -- crd | tee crds/redispair.yaml > charts/redis-pair/crds/redispair.yaml`"
     );
 }
 

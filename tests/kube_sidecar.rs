@@ -1024,7 +1024,7 @@ fn kubeconfig(dir: &support::TestDir) -> String {
     let (port, _) = free_ports2();
     std::fs::write(
         &path,
-        test_apiserver::kubeconfig_yaml(&format!("http://127.0.0.1:{port}")),
+        test_apiserver::kubeconfig_yaml(&format!("http://127.0.0.1:{port}"), None, "nobody"),
     )
     .expect("write kubeconfig");
     path.display().to_string()

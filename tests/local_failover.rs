@@ -6,10 +6,9 @@
 // are not reported as dead code.
 pub mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::writes::{Writers, assert_none_lost};
 use support::{Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, always, eventually};
 
 /// A master with one caught-up replica.
@@ -487,37 +486,6 @@ async fn two_masters_at_startup_keep_the_one_with_more_keys() {
     assert_eq!(b.dbsize().await.unwrap(), 50, "B's data is kept");
 }
 
-/// Writes `SET <name>-<i> <name>-<i>` through the proxy as fast as it can, reconnecting after
-/// any error, and returns the keys whose write was acknowledged with +OK.
-fn spawn_writer(
-    proxy: String,
-    name: String,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut conn: Option<Conn> = None;
-        let mut i = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            if conn.is_none() {
-                conn = Conn::connect(&proxy).await.ok();
-                if conn.is_none() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            }
-            let c = conn.as_mut().expect("connected above");
-            let key = format!("{name}-{i}");
-            match c.cmd(&["SET", key.as_str(), key.as_str()]).await {
-                Ok(r) if r.is_ok() => acked.push(key),
-                Ok(_) | Err(_) => conn = None, // not acknowledged: may or may not be stored
-            }
-            i += 1;
-        }
-        acked
-    })
-}
-
 async fn await_acked(acked_from: &RedisServer, min: i64) {
     eventually(
         &format!("at least {min} acknowledged writes"),
@@ -545,10 +513,7 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
 
     // Several writers keep more writes in flight at the moment of the switch, which is where
     // an unsafe switchover (no pause, no catch-up) loses acknowledged writes.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|w| spawn_writer(pair.proxy_addr().to_string(), format!("w{w}"), stop.clone()))
-        .collect();
+    let writers = Writers::start(pair.proxy_addr(), "w", 4);
     await_acked(&a, 200).await;
 
     let (code, body) = pair.switchover(None).await;
@@ -558,35 +523,8 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
 
     let keys_at_switch = b.dbsize().await.unwrap();
     await_acked(&b, keys_at_switch + 200).await; // the writers go on against B
-    stop.store(true, Ordering::SeqCst);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.extend(w.await.expect("writer task"));
-    }
-
-    let mut c = b.conn().await.unwrap();
-    let mut lost = Vec::new();
-    for chunk in acked.chunks(500) {
-        let mut mget = vec!["MGET".to_string()];
-        mget.extend(chunk.iter().cloned());
-        let reply = c.cmd(&mget).await.unwrap();
-        let values = reply
-            .items()
-            .unwrap_or_else(|| panic!("MGET → {}", reply.brief()))
-            .to_vec();
-        for (key, v) in chunk.iter().zip(values) {
-            if v.text().as_ref() != Some(key) {
-                lost.push(key.clone());
-            }
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes missing on B, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
+    let acked = writers.stop().await;
+    assert_none_lost(&b, &acked).await;
 
     let s = pair.status().await.unwrap();
     assert_failover(&s, &a.addr(), &b.addr(), "switchover", epoch + 1);

@@ -1,19 +1,607 @@
-//! `redis-pair controller`: keeps every RedisPair's Redis pods highly available.
+//! `redis-pair controller`: keeps the Redis pods of every RedisPair highly available.
+//!
+//! A kube-runtime Controller per watched namespace (or one for the cluster) reconciles each
+//! RedisPair when it, one of its pods or its Secret changes: fetch (the caches, the Secret) →
+//! validate (no I/O, `validate`) → hand the pair's engine its members (`pairs`) → the engine
+//! decides and acts, publishing through `publisher`; `status` says what the RedisPair's status
+//! and its pods' labels should show. Only the holder of the Lease (`lease`) runs engines or
+//! writes anything; the others keep their caches warm and take over when it goes.
 
+pub mod lease;
+pub mod pairs;
+pub mod publisher;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
+use kube::core::{PartialObjectMeta, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::lease::{Elector, Leadership, LeaseConfig};
+use self::pairs::{PairKey, Pairs, Shared};
+use self::publisher::EventSink;
+use self::validate::{Observed, SecretLookup};
+use crate::admin::{self, AdminState};
 use crate::cli::ControllerArgs;
+use crate::cluster::{self, ClusterError};
+use crate::crd::RedisPair;
+use crate::metrics::{self, ControllerMetrics, EngineMetrics, OutcomeLabel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("the controller is not built yet")]
-    NotBuilt,
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(
+        "cannot listen on {addr} (--admin-listen): {source}; stop whatever holds it or pick \
+         another address"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--lease-duration must be at least 3s, or a renewal cannot fit in it ({0:?} given)")]
+    LeaseTooShort(Duration),
+    #[error("the {0} stopped unexpectedly; restart the controller and report a bug")]
+    TaskEnded(&'static str),
 }
 
 impl ControllerError {
+    /// 64 (EX_USAGE) for what the user fixes in the configuration, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            ControllerError::TaskEnded(_) => 1,
+            _ => 64,
+        }
     }
 }
 
-pub async fn run(_args: ControllerArgs) -> Result<(), ControllerError> {
-    Err(ControllerError::NotBuilt)
+/// What went wrong in a reconcile that a retry may fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reading the Secret of spec.authSecretRef: {0}")]
+    Secret(#[source] kube::Error),
+    #[error("starting the pair's engine: {0}")]
+    Start(#[source] kube::Error),
+    #[error("writing the status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+/// What every reconcile of one namespace scope sees.
+struct Context {
+    client: Client,
+    pairs: Arc<Pairs>,
+    leadership: Leadership,
+    pair_store: Store<RedisPair>,
+    pod_store: Store<Pod>,
+    metrics: ControllerMetrics,
+    /// Consecutive failures per pair, for the requeue backoff.
+    failures: Mutex<HashMap<ObjectRef<RedisPair>, u32>>,
+}
+
+/// A pair in order is looked at again this often, to catch what no watch event announces (a
+/// pod relabelled out of the pair).
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs until SIGTERM or SIGINT: then stops every engine, releases the Lease and returns.
+pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
+    if args.lease_duration < Duration::from_secs(3) {
+        return Err(ControllerError::LeaseTooShort(args.lease_duration));
+    }
+    let cluster = cluster::connect().await?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| ControllerError::Listen {
+            addr: args.admin_listen,
+            source,
+        })?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(cluster::pod_namespace)
+        .unwrap_or_else(|| cluster.default_namespace.clone());
+    let client = cluster.client;
+
+    let mut registry = metrics::registry();
+    let controller_metrics = ControllerMetrics::register(&mut registry);
+    let engine_metrics = EngineMetrics::register(&mut registry, false);
+
+    let (mut elector, leadership) = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+        LeaseConfig {
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+        },
+        controller_metrics.clone(),
+    );
+    let (events, queued_events) = EventSink::new();
+    let pairs = Arc::new(Pairs::new(Shared {
+        client: client.clone(),
+        leadership: leadership.clone(),
+        events,
+        engine_metrics,
+        metrics: controller_metrics.clone(),
+    }));
+
+    let shutdown = CancellationToken::new();
+    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    // Three caches per scope (pairs, pods, secrets' metadata); ready when all have synced.
+    let synced = Arc::new(AtomicUsize::new(0));
+    let caches = scopes.len() * 3;
+    let mut controllers = tokio::task::JoinSet::new();
+    for scope in scopes {
+        controllers.spawn(run_scope(
+            scope,
+            client.clone(),
+            pairs.clone(),
+            leadership.clone(),
+            controller_metrics.clone(),
+            synced.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let reporter = Reporter {
+        controller: "redis-pair-controller".into(),
+        instance: Some(identity.clone()),
+    };
+    let events_task = tokio::spawn(publisher::record_events(
+        client.clone(),
+        reporter,
+        queued_events,
+        leadership.clone(),
+        controller_metrics.clone(),
+    ));
+    // Losing the lease stops every engine at once (each also checks before every action).
+    let follower_task = tokio::spawn(stop_engines_when_not_leader(
+        leadership.clone(),
+        pairs.clone(),
+    ));
+
+    let draining = CancellationToken::new();
+    let admin_state = Arc::new(AdminState {
+        registry,
+        ready: {
+            let synced = synced.clone();
+            Box::new(move || {
+                let done = synced.load(Ordering::Relaxed);
+                if done >= caches {
+                    Ok(())
+                } else {
+                    Err(format!("{done} of {caches} watches have synced"))
+                }
+            })
+        },
+        status: {
+            let pairs = pairs.clone();
+            let leadership = leadership.clone();
+            let identity = identity.clone();
+            Some(Box::new(move || {
+                serde_json::json!({
+                    "identity": identity,
+                    "leader": leadership.is_leader(),
+                    "pairs": pairs.statuses(),
+                })
+            }))
+        },
+        engine: None,
+        draining: draining.clone(),
+    });
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state,
+        stop_admin.clone(),
+    ));
+    info!(
+        identity = %identity,
+        lease = %format!("{lease_namespace}/{}", args.lease_name),
+        admin = %args.admin_listen,
+        namespaces = %if args.namespaces.is_empty() { "all".to_owned() } else { args.namespaces.join(",") },
+        "redis-pair controller started"
+    );
+
+    let lease_stop = shutdown.child_token();
+    let mut lease_task = tokio::spawn(async move {
+        elector.run(lease_stop).await;
+        elector
+    });
+    let outcome = tokio::select! {
+        () = wait_for_signal() => Ok(()),
+        ended = &mut lease_task => match ended {
+            Ok(_) | Err(_) => Err(ControllerError::TaskEnded("lease election")),
+        },
+        Some(_) = controllers.join_next() => Err(ControllerError::TaskEnded("controller")),
+    };
+    info!("shutting down: stopping every engine, then releasing the lease");
+    draining.cancel();
+    shutdown.cancel();
+    if let Ok(mut elector) = lease_task.await {
+        // Nothing acts any more once the elector has returned; then the next leader need not
+        // wait for the Lease to expire.
+        pairs.stop_all().await;
+        elector.release().await;
+    } else {
+        pairs.stop_all().await;
+    }
+    follower_task.abort();
+    events_task.abort();
+    controllers.abort_all();
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    info!("stopped");
+    outcome
+}
+
+/// The watches and the Controller of one namespace, or of the whole cluster for `None`.
+async fn run_scope(
+    namespace: Option<String>,
+    client: Client,
+    pairs: Arc<Pairs>,
+    leadership: Leadership,
+    metrics: ControllerMetrics,
+    synced: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    let pair_api: Api<RedisPair> = api(&client, namespace.as_deref());
+    let pod_api: Api<Pod> = api(&client, namespace.as_deref());
+    // Metadata only: the controller reads a Secret's data with a GET when a pair needs it,
+    // and keeps no passwords of unrelated Secrets in memory.
+    let secret_api: Api<PartialObjectMeta<Secret>> = api(&client, namespace.as_deref());
+
+    let pairs_synced = Synced::new(&synced);
+    let (pair_store, pair_writer) = reflector::store();
+    let pair_events = reflector::reflector(
+        pair_writer,
+        watcher(pair_api, watcher::Config::default()).inspect_ok(pairs_synced.marker()),
+    )
+    .backoff(cluster::watch_backoff())
+    .applied_objects();
+
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher(pod_api, watcher::Config::default())
+            .inspect_ok(Synced::new(&synced).marker())
+            .modify(keep_what_matters),
+    )
+    .backoff(cluster::watch_backoff())
+    .touched_objects();
+
+    // No cache of Secrets is read: a change only says which pairs to look at again.
+    let secret_events = watcher(secret_api, watcher::Config::default())
+        .inspect_ok(Synced::new(&synced).marker())
+        .backoff(cluster::watch_backoff())
+        .touched_objects();
+
+    // Deleted RedisPairs have no reconcile: their engines are stopped here.
+    tokio::spawn({
+        let pairs = pairs.clone();
+        let pair_store = pair_store.clone();
+        let namespace = namespace.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                // Before its first full list the cache is empty, not a list of deletions.
+                if !pairs_synced.done() {
+                    continue;
+                }
+                pairs
+                    .retain(|key| {
+                        namespace.as_ref().is_some_and(|ns| *ns != key.namespace)
+                            || pair_store
+                                .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                                .is_some()
+                    })
+                    .await;
+            }
+        }
+    });
+
+    let context = Arc::new(Context {
+        client,
+        pairs,
+        leadership: leadership.clone(),
+        pair_store: pair_store.clone(),
+        pod_store,
+        metrics,
+        failures: Mutex::new(HashMap::new()),
+    });
+    let pods_to_pairs = pair_store.clone();
+    let secrets_to_pairs = pair_store.clone();
+    Controller::for_stream(pair_events, pair_store)
+        .watches_stream(pod_events, move |pod: Pod| {
+            pairs_selecting(&pods_to_pairs, &pod)
+        })
+        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+            pairs_using_secret(&secrets_to_pairs, &secret)
+        })
+        // Each watch backs off by itself; the Controller's own backoff would pause every
+        // trigger (pod events, becoming the leader) whenever any one watch failed.
+        .trigger_backoff(NoPause)
+        .reconcile_all_on(became_leader(leadership))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            match result {
+                // A failed reconcile was logged by error_policy.
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(error = %error, "watching failed; retrying with backoff"),
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Whether a cache has had its first full list, counted once into the process's total.
+///
+/// Taken from the watch events (the first `InitDone`), not from `Store::wait_until_ready`:
+/// in kube-runtime 5 that future is a one-waker oneshot, so of several tasks waiting on one
+/// store (the Controller's runner among them) only the last to poll is ever woken.
+#[derive(Clone)]
+struct Synced {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Synced {
+    fn new(total: &Arc<AtomicUsize>) -> Self {
+        Self {
+            done: Arc::default(),
+            total: total.clone(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// For `inspect_ok` on a watcher stream.
+    fn marker<K>(&self) -> impl FnMut(&watcher::Event<K>) + use<K> {
+        let synced = self.clone();
+        move |event| {
+            if matches!(event, watcher::Event::InitDone)
+                && !synced.done.swap(true, Ordering::Relaxed)
+            {
+                synced.total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Only what the controller reads of a pod stays in its cache: labels, deletion, IP, phase.
+fn keep_what_matters(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        ..PodStatus::default()
+    });
+}
+
+fn pairs_selecting(pairs: &Store<RedisPair>, pod: &Pod) -> Vec<ObjectRef<RedisPair>> {
+    pairs
+        .state()
+        .iter()
+        .filter(|pair| pair.namespace() == pod.namespace())
+        .filter(|pair| validate::selector_of(pair).is_ok_and(|s| s.matches(pod.labels())))
+        .map(|pair| ObjectRef::from_obj(pair.as_ref()))
+        .collect()
+}
+
+fn pairs_using_secret(
+    pairs: &Store<RedisPair>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<RedisPair>> {
+    pairs
+        .state()
+        .iter()
+        .filter(|pair| pair.namespace() == secret.namespace())
+        .filter(|pair| {
+            pair.spec
+                .auth_secret_ref
+                .as_ref()
+                .is_some_and(|r| Some(&r.name) == secret.metadata.name.as_ref())
+        })
+        .map(|pair| ObjectRef::from_obj(pair.as_ref()))
+        .collect()
+}
+
+/// The Controller's trigger backoff: none (see `run_scope`).
+struct NoPause;
+
+impl Iterator for NoPause {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoPause {
+    fn reset(&mut self) {}
+}
+
+/// Yields once each time this controller becomes the leader: every pair is reconciled then.
+fn became_leader(leadership: Leadership) -> impl futures_util::Stream<Item = ()> + Send {
+    futures_util::stream::unfold(leadership.changes(), |mut changes| async move {
+        loop {
+            changes.changed().await.ok()?;
+            if *changes.borrow_and_update() {
+                return Some(((), changes));
+            }
+        }
+    })
+}
+
+async fn stop_engines_when_not_leader(leadership: Leadership, pairs: Arc<Pairs>) {
+    let mut changes = leadership.changes();
+    while changes.changed().await.is_ok() {
+        if !*changes.borrow_and_update() {
+            pairs.stop_all().await;
+        }
+    }
+}
+
+async fn reconcile(pair: Arc<RedisPair>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let key = PairKey::of(&pair);
+    if !ctx.leadership.is_leader() {
+        return Ok(Action::await_change());
+    }
+    if pair.metadata.deletion_timestamp.is_some() {
+        ctx.pairs.stop(&key).await;
+        return Ok(Action::await_change());
+    }
+    let pods: Vec<Arc<Pod>> = ctx
+        .pod_store
+        .state()
+        .into_iter()
+        .filter(|pod| pod.namespace().as_deref() == Some(key.namespace.as_str()))
+        .collect();
+    let others: Vec<Arc<RedisPair>> = ctx
+        .pair_store
+        .state()
+        .into_iter()
+        .filter(|other| {
+            other.namespace().as_deref() == Some(key.namespace.as_str())
+                && other.name_any() != key.name
+        })
+        .collect();
+    let secret = match &pair.spec.auth_secret_ref {
+        None => None,
+        Some(reference) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key.namespace);
+            Some(
+                secrets
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(ReconcileError::Secret)?,
+            )
+        }
+    };
+    let lookup = match &secret {
+        None => SecretLookup::NotReferenced,
+        Some(None) => SecretLookup::Missing,
+        Some(Some(secret)) => SecretLookup::Found(secret),
+    };
+    let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let other_refs: Vec<&RedisPair> = others.iter().map(AsRef::as_ref).collect();
+    let observed = Observed {
+        pair: &pair,
+        pods: &pod_refs,
+        others: &other_refs,
+        secret: lookup,
+        running: ctx.pairs.is_running(&key).await,
+    };
+    let outcome = match validate::validate(&observed) {
+        Err(invalid) => {
+            ctx.pairs.stop(&key).await;
+            ctx.pairs
+                .report_invalid(&pair, &invalid)
+                .await
+                .map_err(ReconcileError::Status)?;
+            "invalid"
+        }
+        Ok(desired) => {
+            ctx.pairs
+                .apply(&pair, desired, &pods)
+                .await
+                .map_err(ReconcileError::Start)?;
+            ctx.pairs.switchover(&pair).await;
+            "ok"
+        }
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&ObjectRef::from_obj(pair.as_ref()));
+    }
+    // An invalid pair waits for a change of it, its pods or its Secret: no retry storm.
+    Ok(if outcome == "invalid" {
+        Action::await_change()
+    } else {
+        Action::requeue(RESYNC_EVERY)
+    })
+}
+
+/// Transient failures are retried soon, backing off from 1 s to 8 s: this is failover.
+fn error_policy(pair: Arc<RedisPair>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&OutcomeLabel { outcome: "error" })
+        .inc();
+    let attempts = ctx.failures.lock().map_or(1, |mut failures| {
+        let attempts = failures
+            .entry(ObjectRef::from_obj(pair.as_ref()))
+            .or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        *attempts
+    });
+    let delay = Duration::from_secs(1 << attempts.clamp(1, 4).saturating_sub(1));
+    warn!(pair = %PairKey::of(&pair), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// `POD_NAME` is the identity in a cluster; outside one, the host name and the process id
+/// keep two controllers on one machine apart.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "redis-pair".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -72,6 +72,61 @@ pub fn decide(
     }
 }
 
+/// What to make of a publication that is not the engine's own (`seen`, read from where
+/// publications live): another engine's, which is to be followed, or a stray write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// Older than what the engine published (a cache that lags behind), or the same.
+    Ignore,
+    /// Newer, and it names an answering master: another engine acted; follow it.
+    Adopt,
+    /// Newer (or of the same epoch with another master), but it names a replica, a server that does not answer or is not in the group, or
+    /// no master while the engine's master answers: publish the engine's master above it.
+    Correct(Published),
+}
+
+/// Judges `seen` against the engine's own publication `own` and what the probes saw. A
+/// publication is only ever followed when it could be right: following one that names a
+/// replica would make the engine promote it and demote the real master.
+pub fn judge_foreign(servers: &[ServerState], own: &Published, seen: &Published) -> Foreign {
+    if seen.epoch < own.epoch || (seen.epoch == own.epoch && seen.master == own.master) {
+        return Foreign::Ignore;
+    }
+    let answers_as_master = |endpoint: &Endpoint| {
+        servers
+            .iter()
+            .find(|s| &s.endpoint == endpoint)
+            .and_then(ServerState::info)
+            .is_some_and(|info| info.role == Role::Master)
+    };
+    let above = |master: Option<&Endpoint>| {
+        Foreign::Correct(Published {
+            epoch: seen.epoch + 1,
+            master: master.cloned(),
+            run_id: (master == own.master.as_ref())
+                .then(|| own.run_id.clone())
+                .flatten(),
+        })
+    };
+    let ours = own.master.as_ref().filter(|m| answers_as_master(m));
+    let named = seen.master.as_ref().filter(|m| answers_as_master(m));
+    if seen.epoch == own.epoch {
+        // A stray write reusing the engine's epoch (two masters under one epoch must never
+        // be): published again above it, keeping the engine's master while it answers, as the
+        // clients are there (a sidecar ignores an epoch it already holds).
+        return above(ours.or(named));
+    }
+    match (&seen.master, named, ours) {
+        // Another engine acted: what it published answers as master.
+        (Some(_), Some(_), _) => Foreign::Adopt,
+        // It names no master, and none of ours answers either: that is the truth.
+        (None, _, None) => Foreign::Adopt,
+        // It names a replica, a server that does not answer or is not in the group, or no
+        // master while ours answers: ours again, above it; "no master" if ours is gone too.
+        (_, _, ours) => above(ours),
+    }
+}
+
 /// A failed server is down when it refuses connections (the process is gone) or has failed
 /// for `down_after`; before that it is only failing. An answering server is never down.
 pub fn is_down(probe: &Probe, policy: &Policy, now: Duration) -> bool {

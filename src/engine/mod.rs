@@ -10,7 +10,7 @@ pub mod publish;
 pub mod redis_io;
 pub mod runner;
 
-pub use decide::{Fencing, Policy, decide};
+pub use decide::{Fencing, Foreign, Policy, decide, judge_foreign};
 pub use model::{
     Endpoint, FailureKind, MinReplicas, Plan, Probe, Published, Reason, RedisInfo, Role,
     ServerState, Waiting,

@@ -225,10 +225,13 @@ pub enum Reason {
     /// The master was going away (its pod is being deleted) and was handed over to a replica
     /// by a planned switchover.
     MasterLeaving,
+    /// Someone else published something that is not the master (a replica, a server that is
+    /// down, none while a master is up): the engine's master is published again, above it.
+    Corrected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Initial,
         Reason::MasterDown,
         Reason::MasterRestarted,
@@ -236,6 +239,7 @@ impl Reason {
         Reason::NoMasterReachable,
         Reason::Recovered,
         Reason::MasterLeaving,
+        Reason::Corrected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -247,6 +251,7 @@ impl Reason {
             Reason::NoMasterReachable => "no-master-reachable",
             Reason::Recovered => "recovered",
             Reason::MasterLeaving => "master-leaving",
+            Reason::Corrected => "corrected",
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::decide::{Fencing, Policy, decide, is_down};
+use super::decide::{Fencing, Foreign, Policy, decide, is_down, judge_foreign};
 use super::model::{
     Endpoint, FailureKind, MinReplicas, Plan, Probe, Published, Reason, Role, ServerState, Waiting,
 };
@@ -132,6 +132,17 @@ pub enum SwitchoverError {
 }
 
 impl SwitchoverError {
+    /// Whether the switchover got as far as pausing writes (the engine records how it ended);
+    /// otherwise it was refused before anything was touched.
+    pub fn started(&self) -> bool {
+        matches!(
+            self,
+            SwitchoverError::CatchUpTimeout { .. }
+                | SwitchoverError::Redis(_)
+                | SwitchoverError::Publish(_)
+        )
+    }
+
     /// The HTTP status the admin endpoint answers with.
     pub fn http_status(&self) -> u16 {
         match self {
@@ -149,6 +160,8 @@ enum Request {
         target: Option<Endpoint>,
         reply: oneshot::Sender<Result<Published, SwitchoverError>>,
     },
+    /// A publication found where publications live that may not be the engine's own.
+    Seen(Published),
 }
 
 /// What the rest of the process holds of the engine: what it publishes, and ways to ask it
@@ -162,6 +175,17 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Tells the engine what is published now where publications live (the controller reads
+    /// the RedisPair's annotations): one that is not its own is judged by
+    /// [`super::decide::judge_foreign`], followed or corrected.
+    pub fn seen(&self, publication: Published) {
+        let own = self.published.borrow().clone();
+        if (own.epoch, &own.master) != (publication.epoch, &publication.master) {
+            // A full queue means the engine is busy; the next reconcile tells it again.
+            let _ = self.requests.try_send(Request::Seen(publication));
+        }
+    }
+
     /// The group is now `members`: new ones are probed at once, a removed one is gone (a
     /// removed master is down at once), a leaving master is handed over.
     pub fn set_members(&self, members: Vec<Member>) {
@@ -628,16 +652,29 @@ impl<P: Publisher> Engine<P> {
     /// Publishes `next` through the publisher; only if that succeeded is it what the engine
     /// (and a proxy in this process) follows. `false` when it was not published.
     async fn publish(&mut self, next: Published, reason: Reason) -> bool {
+        let current = self.published.borrow().clone();
+        self.publish_over(current, next, reason, true).await
+    }
+
+    /// Publishes `next` in place of `current` (what the publisher's conditional write tests).
+    /// A publication found newer than `current` is judged (`judge_foreign`) when
+    /// `judge` is set, so a stray write is corrected rather than followed.
+    async fn publish_over(
+        &mut self,
+        current: Published,
+        next: Published,
+        reason: Reason,
+        judge: bool,
+    ) -> bool {
         if !self.publisher.may_act() {
             return false;
         }
-        let current = self.published.borrow().clone();
         if let Err(error) = self.publisher.publish(&current, &next, reason).await {
             warn!(epoch = next.epoch, error = %error, "publishing failed; will retry");
             if let PublishError::Superseded(newer) = error
-                && newer.epoch > current.epoch
+                && judge
             {
-                self.published.send_replace(newer);
+                Box::pin(self.foreign(newer)).await;
             }
             return false;
         }
@@ -679,6 +716,39 @@ impl<P: Publisher> Engine<P> {
         self.published.send_replace(next);
         self.refresh_status();
         true
+    }
+
+    /// A publication that is not the engine's own: ignored, followed or corrected.
+    async fn foreign(&mut self, seen: Published) {
+        let own = self.published.borrow().clone();
+        if judge_foreign(&self.states(), &own, &seen) == Foreign::Ignore {
+            return;
+        }
+        // Judged on what the servers say now: a probe from before the engine's last REPLICAOF
+        // would show a replica as the master it was, and following a publication of it would
+        // make the engine promote it and demote the real master.
+        self.observe().await;
+        match judge_foreign(&self.states(), &own, &seen) {
+            Foreign::Ignore => {}
+            Foreign::Adopt => {
+                warn!(
+                    epoch = seen.epoch,
+                    master = ?seen.master.as_ref().map(Endpoint::to_string),
+                    "a newer publication names an answering master; following it"
+                );
+                self.published.send_replace(seen);
+                self.refresh_status();
+            }
+            Foreign::Correct(next) => {
+                warn!(
+                    epoch = seen.epoch,
+                    named = ?seen.master.as_ref().map(Endpoint::to_string),
+                    "a publication not made by redis-pair names no answering master; correcting it"
+                );
+                self.publish_over(seen, next, Reason::Corrected, false)
+                    .await;
+            }
+        }
     }
 
     fn refresh_status(&self) {
@@ -787,6 +857,7 @@ impl<P: Publisher> Engine<P> {
                 // The requester may have given up waiting; the switchover stands regardless.
                 let _ = reply.send(result);
             }
+            Request::Seen(publication) => self.foreign(publication).await,
         }
     }
 

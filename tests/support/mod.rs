@@ -5,8 +5,10 @@
 //! leaves nothing running; on a panic the fixtures also print the tail of their logs, which is
 //! what nextest shows next to the failure.
 
+pub mod cluster;
 pub mod kube;
 pub mod resp;
+pub mod writes;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,6 +17,7 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -223,6 +226,9 @@ pub struct ServerBuilder {
     first_port: Option<u16>,
     /// The loopback address it binds (default 127.0.0.1).
     host: Option<String>,
+    /// A port held for a group of servers on addresses of their own (the pods of one
+    /// RedisPair share a port).
+    group_port: Option<Arc<PortLease>>,
 }
 
 impl ServerBuilder {
@@ -253,15 +259,27 @@ impl ServerBuilder {
         self.host = Some(host.to_string());
         self
     }
+    /// Binds the port of `lease`, shared with the other servers of a group, each on an address
+    /// of its own (`host`): the lease keeps the port from every other test process.
+    pub fn group_port(mut self, lease: &Arc<PortLease>) -> Self {
+        self.group_port = Some(lease.clone());
+        self
+    }
 
     /// Starts the server and waits until it answers PING. Does not wait for replication.
     pub async fn start(self) -> RedisServer {
         let mut last_log = String::new();
         for attempt in 0..5 {
-            let (port, lease) = match self.first_port {
-                Some(port) if attempt == 0 => (port, None),
+            let (port, lease) = match (&self.group_port, self.first_port) {
+                (Some(lease), _) if attempt == 0 => (lease.port(), Some(lease.clone())),
+                (Some(lease), _) => panic!(
+                    "redis-server on {}:{} (a group's port) did not start:\n{last_log}",
+                    self.host.as_deref().unwrap_or("127.0.0.1"),
+                    lease.port()
+                ),
+                (None, Some(port)) if attempt == 0 => (port, None),
                 _ => {
-                    let lease = PortLease::take();
+                    let lease = Arc::new(PortLease::take());
                     (lease.port(), Some(lease))
                 }
             };
@@ -300,7 +318,7 @@ pub struct Replication {
 pub struct RedisServer {
     port: u16,
     /// Held while the server lives, across kill and restart (None: a port chosen by the test).
-    _port: Option<PortLease>,
+    _port: Option<Arc<PortLease>>,
     dir: TestDir,
     child: Option<Child>,
     stopped: bool,
@@ -421,6 +439,25 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SIGTERM, as a kubelet stops a container, and waits for the exit (without persistence a
+    /// redis-server exits at once).
+    pub async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server on {} ignored SIGTERM", self.addr());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stopped = false;
     }
 
     /// SIGKILL, reaping the process so the port is free for `restart`.

@@ -107,6 +107,19 @@ impl Conn {
         Ok(Conn::from_halves(Box::new(r), Box::new(w)))
     }
 
+    /// Connects from the loopback address `source` (say 127.0.0.99), so that a test can cut
+    /// other addresses off from the server and leave this client's path open.
+    pub async fn connect_from(source: &str, addr: &str) -> io::Result<Conn> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        let source: std::net::IpAddr = source.parse().map_err(io::Error::other)?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+        let stream = connect_within(addr, socket.connect(target)).await?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        Ok(Conn::from_halves(Box::new(r), Box::new(w)))
+    }
+
     pub async fn connect_unix(path: &Path) -> io::Result<Conn> {
         let stream = connect_within(&path.display().to_string(), UnixStream::connect(path)).await?;
         let (r, w) = stream.into_split();

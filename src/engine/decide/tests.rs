@@ -636,6 +636,113 @@ fn fence_that_could_not_be_read_is_left_alone() {
     assert_eq!(plan.fence, None);
 }
 
+// ---- publications not made by this engine -------------------------------------------------
+
+fn judge(servers: &[Server], own: &Published, seen: &Published) -> Foreign {
+    judge_foreign(&world(servers), own, seen)
+}
+
+#[test]
+fn an_older_or_identical_publication_is_a_lagging_cache() {
+    let servers = [master(1), replica(2, 1)];
+    assert_eq!(
+        judge(&servers, &published(5, Some(1)), &published(4, Some(2))),
+        Foreign::Ignore
+    );
+    assert_eq!(
+        judge(&servers, &published(5, Some(1)), &published(5, Some(1))),
+        Foreign::Ignore
+    );
+}
+
+#[test]
+fn a_newer_publication_of_an_answering_master_is_followed() {
+    // Another engine failed over to 2, which answers as master now.
+    let servers = [refused(1), master(2)];
+    assert_eq!(
+        judge(&servers, &published(5, Some(1)), &published(6, Some(2))),
+        Foreign::Adopt
+    );
+}
+
+#[test]
+fn a_publication_naming_a_replica_is_corrected_above_it() {
+    let servers = [master(1), replica(2, 1)];
+    let verdict = judge(&servers, &published(5, Some(1)), &published(9, Some(2)));
+    assert_eq!(verdict, Foreign::Correct(published(10, Some(1))));
+    // The same epoch naming another server is no lagging cache either.
+    let verdict = judge(&servers, &published(5, Some(1)), &published(5, Some(2)));
+    assert_eq!(verdict, Foreign::Correct(published(6, Some(1))));
+}
+
+#[test]
+fn a_reused_epoch_is_never_followed_as_it_is() {
+    // 2 does answer as master (someone ran REPLICAOF NO ONE and wrote the annotation), but
+    // under the engine's own epoch: the engine's master, where the clients are, above it.
+    let servers = [master(1), master(2)];
+    let verdict = judge(&servers, &published(5, Some(1)), &published(5, Some(2)));
+    assert_eq!(verdict, Foreign::Correct(published(6, Some(1))));
+    // With the engine's master gone, the one that answers.
+    let servers = [refused(1), master(2)];
+    let verdict = judge(&servers, &published(5, Some(1)), &published(5, Some(2)));
+    let Foreign::Correct(next) = verdict else {
+        panic!("{verdict:?}");
+    };
+    assert_eq!((next.epoch, next.master), (6, Some(ep(2))));
+}
+
+#[test]
+fn a_publication_of_no_master_while_ours_answers_is_corrected() {
+    let servers = [master(1), replica(2, 1)];
+    let verdict = judge(&servers, &published(5, Some(1)), &published(7, None));
+    assert_eq!(verdict, Foreign::Correct(published(8, Some(1))));
+    // With ours gone too, "no master" is the truth.
+    let gone = [refused(1), replica(2, 1)];
+    assert_eq!(
+        judge(&gone, &published(5, Some(1)), &published(7, None)),
+        Foreign::Adopt
+    );
+}
+
+#[test]
+fn a_publication_naming_a_non_master_when_ours_is_gone_too_becomes_no_master() {
+    let servers = [refused(1), replica(2, 1)];
+    let verdict = judge(&servers, &published(5, Some(1)), &published(7, Some(2)));
+    assert_eq!(verdict, Foreign::Correct(published(8, None)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever is found, the engine never follows a publication naming a server that does not
+    /// answer as master, and a correction always goes above what it corrects.
+    #[test]
+    fn a_publication_is_followed_only_if_it_could_be_right(
+        (servers, own, _policy) in arb_world(),
+        (epoch, named) in (0u64..8, proptest::option::of(proptest::sample::select(PORTS.collect::<Vec<_>>()))),
+    ) {
+        let seen = Published { epoch, master: named.map(ep), run_id: None };
+        match judge_foreign(&servers, &own, &seen) {
+            Foreign::Ignore => prop_assert!(
+                seen.epoch < own.epoch || (seen.epoch == own.epoch && seen.master == own.master)
+            ),
+            Foreign::Adopt => {
+                prop_assert!(seen.epoch > own.epoch);
+                if let Some(named) = &seen.master {
+                    prop_assert!(info_of(&servers, named).is_some_and(|i| i.role == Role::Master));
+                }
+            }
+            Foreign::Correct(next) => {
+                prop_assert_eq!(next.epoch, seen.epoch + 1);
+                prop_assert!(seen.epoch >= own.epoch);
+                if let Some(named) = &next.master {
+                    prop_assert!(info_of(&servers, named).is_some_and(|i| i.role == Role::Master));
+                }
+            }
+        }
+    }
+}
+
 // ---- properties ---------------------------------------------------------------------------
 
 const PORTS: std::ops::Range<u16> = 1..6;

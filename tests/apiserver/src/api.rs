@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
+use crate::auth::{self, Attributes, Identity, Tokens, User};
 use crate::discovery;
 use crate::objects::{self, Part, child};
 use crate::patch::{self, PatchType};
@@ -81,6 +82,11 @@ pub struct Api {
     pub drops: watch::Sender<u64>,
     pub bookmark_interval: Duration,
     pub address: Mutex<String>,
+    pub tokens: Mutex<Tokens>,
+    /// The token of the kubeconfig's cluster admin.
+    pub admin_token: String,
+    /// A request without credentials is the admin (plain HTTP, see `Options::tls`).
+    anonymous_is_admin: bool,
 }
 
 /// A resource request after routing.
@@ -131,14 +137,28 @@ fn too_old(rv: u64, error: TooOld) -> Status {
     Status::gone(format!("too old resource version: {rv} ({})", error.oldest))
 }
 
-/// The object as a version serves it: with its kind and apiVersion.
+/// The object as a version serves it: with its kind and apiVersion (an events.k8s.io Event
+/// converted from the stored core one).
 pub fn versioned(kind: &ResourceType, object: &Value) -> Value {
-    let mut object = object.clone();
+    let mut object = if kind.is_events_api() && object["apiVersion"] == "v1" {
+        objects::event_from_core(object)
+    } else {
+        object.clone()
+    };
     if let Some(map) = object.as_object_mut() {
         map.insert("apiVersion".into(), kind.api_version().into());
         map.insert("kind".into(), kind.kind.clone().into());
     }
     object
+}
+
+/// The object as it is stored (an events.k8s.io Event as a core v1 Event).
+fn stored(kind: &ResourceType, object: &Value) -> Value {
+    if kind.is_events_api() {
+        objects::event_to_core(object)
+    } else {
+        versioned(kind, object)
+    }
 }
 
 pub fn partial_metadata(object: &Value) -> Value {
@@ -275,7 +295,7 @@ impl DeleteOptions {
 }
 
 impl Api {
-    pub fn new(bookmark_interval: Duration) -> Self {
+    pub fn new(bookmark_interval: Duration, anonymous_is_admin: bool) -> Self {
         let mut state = State::default();
         let now = now().to_string();
         let namespaces = GroupResource::new("", "namespaces");
@@ -289,15 +309,101 @@ impl Api {
             m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
             m.insert("creationTimestamp".into(), now.clone().into());
             state.create(&namespaces, namespace);
+            default_service_account(&mut state, name);
+        }
+        for (resource, mut object) in auth::bootstrap_policy() {
+            let m = meta(&mut object);
+            m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+            m.insert("creationTimestamp".into(), now.clone().into());
+            state.create(
+                &GroupResource::new("rbac.authorization.k8s.io", resource),
+                object,
+            );
         }
         let rv = state.resource_version();
+        let mut tokens = Tokens::default();
+        let admin_token = tokens.issue(Identity::Admin);
         Api {
             state: Mutex::new(state),
             changes: watch::channel(rv).0,
             drops: watch::channel(0).0,
             bookmark_interval,
             address: Mutex::new(String::new()),
+            tokens: Mutex::new(tokens),
+            admin_token,
+            anonymous_is_admin,
         }
+    }
+
+    /// Issues a bearer token for an identity.
+    pub fn issue_token(&self, identity: Identity) -> String {
+        self.tokens
+            .lock()
+            .map(|mut t| t.issue(identity))
+            .unwrap_or_default()
+    }
+
+    /// The user a request is made as: its bearer token's (401 for an unknown one, or a
+    /// ServiceAccount that no longer exists), anonymous without one, then impersonation.
+    fn authenticate(&self, request: &Request) -> ApiResult<User> {
+        let header = request.authorization.trim();
+        let user = if header.is_empty() && self.anonymous_is_admin {
+            User::admin()
+        } else if header.is_empty() {
+            User::anonymous()
+        } else {
+            let token = header
+                .strip_prefix("Bearer ")
+                .ok_or_else(auth::unauthorized)?
+                .trim();
+            let identity = self
+                .tokens
+                .lock()
+                .ok()
+                .and_then(|t| t.identity(token).cloned())
+                .ok_or_else(auth::unauthorized)?;
+            match identity {
+                Identity::Admin => User::admin(),
+                Identity::User(user) => user,
+                Identity::ServiceAccount { namespace, name } => {
+                    let accounts = GroupResource::new("", "serviceaccounts");
+                    if self.lock().get(&accounts, &namespace, &name).is_none() {
+                        return Err(auth::unauthorized());
+                    }
+                    User::service_account(&namespace, &name)
+                }
+            }
+        };
+        let Some(as_user) = &request.impersonate_user else {
+            return Ok(user);
+        };
+        let state = self.lock();
+        let mut impersonated = match User::named(as_user, &[]).service_account_parts() {
+            Some((namespace, name)) => {
+                let attributes = impersonation("serviceaccounts", namespace, name);
+                if !auth::authorize(&state, &user, &attributes) {
+                    return Err(auth::forbidden(&user, &attributes));
+                }
+                User::service_account(namespace, name)
+            }
+            None => {
+                let attributes = impersonation("users", "", as_user);
+                if !auth::authorize(&state, &user, &attributes) {
+                    return Err(auth::forbidden(&user, &attributes));
+                }
+                User::named(as_user, &[])
+            }
+        };
+        for group in &request.impersonate_groups {
+            let attributes = impersonation("groups", "", group);
+            if !auth::authorize(&state, &user, &attributes) {
+                return Err(auth::forbidden(&user, &attributes));
+            }
+            if !impersonated.groups.contains(group) {
+                impersonated.groups.push(group.clone());
+            }
+        }
+        Ok(impersonated)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -319,19 +425,35 @@ impl Api {
 
     /// Answers one request.
     pub fn handle(self: &Arc<Self>, request: &Request) -> Reply {
-        match self.route(request) {
+        let routed = self
+            .authenticate(request)
+            .and_then(|user| self.route(request, &user));
+        match routed {
             Ok(reply) => reply,
             Err(status) => Reply::status(&status),
         }
     }
 
-    fn route(self: &Arc<Self>, request: &Request) -> ApiResult<Reply> {
+    fn route(self: &Arc<Self>, request: &Request, user: &User) -> ApiResult<Reply> {
         let segments: Vec<&str> = request
             .path
             .trim_matches('/')
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
+        let resource_request = matches!(
+            segments.as_slice(),
+            ["api", _, _, ..] | ["apis", _, _, _, ..]
+        );
+        if !resource_request {
+            let attributes = Attributes::NonResource {
+                verb: request.method_name.to_lowercase(),
+                path: request.path.clone(),
+            };
+            if !auth::authorize(&self.lock(), user, &attributes) {
+                return Err(auth::forbidden(user, &attributes));
+            }
+        }
         let discovery_only = |reply: Value| -> ApiResult<Reply> {
             if request.method != Method::Get {
                 return Err(Status::method_not_allowed());
@@ -374,8 +496,10 @@ impl Api {
                 discovery::openapi_group_version(&self.lock().registry, &rest.join("/"))
                     .map_or_else(|| Err(Status::no_route()), discovery_only)
             }
-            ["api", version, rest @ ..] => self.resource(request, "", version, rest),
-            ["apis", group, version, rest @ ..] => self.resource(request, group, version, rest),
+            ["api", version, rest @ ..] => self.resource(request, user, "", version, rest),
+            ["apis", group, version, rest @ ..] => {
+                self.resource(request, user, group, version, rest)
+            }
             _ => Err(Status::no_route()),
         }
     }
@@ -410,6 +534,7 @@ impl Api {
         let part = match rest.get(2) {
             None => Part::Main,
             Some(&"status") if kind.status_subresource => Part::Status,
+            Some(&"token") if kind.has_token_subresource() => Part::Token,
             Some(_) => return Err(Status::no_route()),
         };
         if rest.len() > 3 {
@@ -426,12 +551,43 @@ impl Api {
     fn resource(
         self: &Arc<Self>,
         request: &Request,
+        user: &User,
         group: &str,
         version: &str,
         rest: &[&str],
     ) -> ApiResult<Reply> {
         let target = self.find_target(group, version, rest)?;
+        let attributes = request_attributes(request, &target);
+        if !auth::authorize(&self.lock(), user, &attributes) {
+            return Err(auth::forbidden(user, &attributes));
+        }
         let output = negotiate(&request.accept, &request.query)?;
+        if target.kind.behaviour == Behaviour::WhoAmI {
+            return match (request.method, &target.name) {
+                (Method::Post, None) => Ok(Reply::json(
+                    201,
+                    json!({
+                        "kind": "SelfSubjectReview",
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "metadata": {"creationTimestamp": null},
+                        "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+                    }),
+                )),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
+        if target.kind.behaviour == Behaviour::Review {
+            return match (request.method, &target.name) {
+                (Method::Post, None) => self.review(request, user),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
+        if target.part == Part::Token {
+            return match (request.method, &target.name) {
+                (Method::Post, Some(name)) => self.token_request(&target, name, request),
+                _ => Err(Status::method_not_allowed()),
+            };
+        }
         match (request.method, &target.name) {
             (Method::Get, None) if request.query.flag("watch") => crate::watch::start(
                 self,
@@ -458,12 +614,103 @@ impl Api {
         }
     }
 
+    /// SelfSubjectAccessReview (`kubectl auth can-i`): may the requesting user do this?
+    fn review(&self, request: &Request, user: &User) -> ApiResult<Reply> {
+        let mut review = decode_body(request)?;
+        let spec = review["spec"].clone();
+        let text = |v: &Value, key: &str| v[key].as_str().unwrap_or("").to_string();
+        let attributes = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
+            Attributes::Resource {
+                verb: text(r, "verb"),
+                group: text(r, "group"),
+                resource: text(r, "resource"),
+                subresource: text(r, "subresource"),
+                namespace: text(r, "namespace"),
+                name: text(r, "name"),
+            }
+        } else if let Some(n) = spec.get("nonResourceAttributes").filter(|n| n.is_object()) {
+            Attributes::NonResource {
+                verb: text(n, "verb"),
+                path: text(n, "path"),
+            }
+        } else {
+            let error = FieldError::invalid(
+                "spec.resourceAttributes",
+                Value::Null,
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            );
+            return Err(Status::invalid(
+                "SelfSubjectAccessReview.authorization.k8s.io",
+                "authorization.k8s.io",
+                "",
+                &[error],
+            ));
+        };
+        let allowed = auth::authorize(&self.lock(), user, &attributes);
+        if let Some(map) = review.as_object_mut() {
+            map.insert("apiVersion".into(), "authorization.k8s.io/v1".into());
+            map.insert("kind".into(), "SelfSubjectAccessReview".into());
+            map.insert("metadata".into(), json!({"creationTimestamp": null}));
+            map.insert(
+                "status".into(),
+                if allowed {
+                    json!({"allowed": true})
+                } else {
+                    json!({"allowed": false})
+                },
+            );
+        }
+        Ok(Reply::json(201, review))
+    }
+
+    /// TokenRequest (`kubectl create token NAME`): a token for an existing ServiceAccount.
+    fn token_request(&self, target: &Target, name: &str, request: &Request) -> ApiResult<Reply> {
+        let namespace = target.namespace.clone().unwrap_or_default();
+        if self
+            .lock()
+            .get(&target.kind.storage_resource(), &namespace, name)
+            .is_none()
+        {
+            return Err(Status::not_found(&target.kind.group_resource(), name));
+        }
+        let body = if request.body.is_empty() {
+            json!({})
+        } else {
+            decode_body(request)?
+        };
+        let seconds = body
+            .pointer("/spec/expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        let token = self.issue_token(Identity::ServiceAccount {
+            namespace: namespace.clone(),
+            name: name.to_string(),
+        });
+        let expires = now()
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or_else(|_| now());
+        let audiences = body
+            .pointer("/spec/audiences")
+            .cloned()
+            .unwrap_or_else(|| json!(["https://kubernetes.default.svc.cluster.local"]));
+        Ok(Reply::json(
+            201,
+            json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+                "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": null},
+                "status": {"token": token, "expirationTimestamp": expires.to_string()},
+            }),
+        ))
+    }
+
     fn get(&self, target: &Target, name: &str, output: Output) -> ApiResult<Reply> {
         let state = self.lock();
-        let resource = target.kind.group_resource();
+        let resource = target.kind.storage_resource();
         let object = state
             .get(&resource, target.namespace.as_deref().unwrap_or(""), name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&target.kind.group_resource(), name))?;
         Ok(Reply::json(
             200,
             render(&target.kind, &object, output, true),
@@ -472,7 +719,7 @@ impl Api {
 
     fn list(&self, target: &Target, query: &Query, output: Output) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind)?;
         let limit = query
@@ -563,7 +810,7 @@ impl Api {
                         if kind.behaviour == Behaviour::Custom {
                             versioned(kind, o)
                         } else {
-                            let mut o = (**o).clone();
+                            let mut o = versioned(kind, o);
                             if let Some(m) = o.as_object_mut() {
                                 m.remove("kind");
                                 m.remove("apiVersion");
@@ -623,10 +870,24 @@ impl Api {
         validation: FieldValidation,
         patching: bool,
     ) -> ApiResult<Vec<String>> {
-        let Some(schema) = &kind.schema else {
-            return Ok(Vec::new());
+        let decoded = match &kind.schema {
+            Some(schema) => crate::typed::prune_unknown_metadata(object).map(|mut unknown| {
+                unknown.extend(schema.prune(object));
+                unknown
+            }),
+            None if kind.behaviour == Behaviour::Custom => {
+                crate::typed::prune_unknown_metadata(object)
+            }
+            None => {
+                crate::typed::prune_unknown(&kind.group, &kind.kind, &kind.api_version(), object)
+            }
         };
-        let unknown = schema.prune(object);
+        let unknown = decoded.map_err(|e| {
+            Status::bad_request(format!(
+                "{} in version {:?} cannot be handled as a {}: {e}",
+                kind.kind, kind.version, kind.kind
+            ))
+        })?;
         if unknown.is_empty() || validation == FieldValidation::Ignore {
             return Ok(Vec::new());
         }
@@ -697,9 +958,19 @@ impl Api {
         if target.part != Part::Main {
             return Err(Status::method_not_allowed());
         }
+        let object = decode_body(request)?;
+        self.create_object(target, object, &request.query, output)
+    }
+
+    fn create_object(
+        &self,
+        target: &Target,
+        mut object: Value,
+        query: &Query,
+        output: Output,
+    ) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let validation = FieldValidation::parse(&request.query)?;
-        let mut object = decode_body(request)?;
+        let validation = FieldValidation::parse(query)?;
         self.check_body(target, &mut object)?;
         if !meta_str(&object, "resourceVersion").is_empty() {
             return Err(Status::bad_request(
@@ -762,7 +1033,7 @@ impl Api {
             }
             _ => None,
         };
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = meta_str(&object, "namespace").to_string();
         let name = meta_str(&object, "name").to_string();
         if kind.namespaced
@@ -776,17 +1047,20 @@ impl Api {
             ));
         }
         if state.get(&resource, &namespace, &name).is_some() {
-            return Err(Status::already_exists(&resource, &name));
+            return Err(Status::already_exists(&kind.group_resource(), &name));
         }
-        if request.query.get("dryRun") == Some("All") {
+        if query.get("dryRun") == Some("All") {
             return Ok(Reply {
                 warnings,
                 ..Reply::json(201, render(kind, &object, output, true))
             });
         }
-        let stored = state.create(&resource, versioned(kind, &object));
+        let stored = state.create(&resource, stored(kind, &object));
         if let Some(types) = types {
             state.registry.set_custom(&name, types);
+        }
+        if kind.behaviour == Behaviour::Namespace {
+            default_service_account(&mut state, &name);
         }
         self.notify(&state);
         Ok(Reply {
@@ -859,11 +1133,14 @@ impl Api {
                 details: None,
             });
         }
+        if patch_type == PatchType::Apply {
+            return self.apply(target, name, request, output);
+        }
         let mut state = self.lock();
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let current = state
             .get(&resource, target.namespace.as_deref().unwrap_or(""), name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let mut patched = patch::apply(patch_type, &versioned(kind, &current), &request.body)?;
         if !patched.is_object() {
             return Err(Status::bad_request(
@@ -892,6 +1169,101 @@ impl Api {
         })
     }
 
+    /// Server-side apply, kept simple: the applied configuration creates the object or is
+    /// merged into it (strategic merge for built-in kinds, merge patch for custom resources).
+    /// There are no managedFields: fields a manager stops applying are not removed, and there
+    /// are no conflicts between managers.
+    fn apply(
+        &self,
+        target: &Target,
+        name: &str,
+        request: &Request,
+        output: Output,
+    ) -> ApiResult<Reply> {
+        let kind = &target.kind;
+        if request.query.get("fieldManager").unwrap_or("").is_empty() {
+            let error = FieldError::required("fieldManager", "is required for apply patch");
+            return Err(Status::invalid(
+                "PatchOptions.meta.k8s.io",
+                "meta.k8s.io",
+                "",
+                &[error],
+            ));
+        }
+        let text = std::str::from_utf8(&request.body)
+            .map_err(|_| Status::bad_request("the apply configuration is not UTF-8"))?;
+        let applied: Value = serde_saphyr::from_str(text)
+            .map_err(|e| Status::bad_request(format!("error decoding YAML: {e}")))?;
+        if !applied.is_object() {
+            return Err(Status::bad_request(
+                "the apply configuration is not an object",
+            ));
+        }
+        for field in ["apiVersion", "kind"] {
+            if applied[field].as_str().unwrap_or("").is_empty() {
+                let error =
+                    FieldError::required(field, "must be specified in an apply configuration");
+                return Err(Status::invalid(
+                    &kind.qualified_kind(),
+                    &kind.group,
+                    name,
+                    &[error],
+                ));
+            }
+        }
+        if meta_str(&applied, "name") != name {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta_str(&applied, "name")
+            )));
+        }
+        let exists = {
+            let state = self.lock();
+            state
+                .get(
+                    &kind.storage_resource(),
+                    target.namespace.as_deref().unwrap_or(""),
+                    name,
+                )
+                .is_some()
+        };
+        if !exists {
+            if target.part != Part::Main {
+                return Err(Status::not_found(&kind.group_resource(), name));
+            }
+            return self.create_object(target, applied, &request.query, output);
+        }
+        let validation = FieldValidation::parse(&request.query)?;
+        let mut state = self.lock();
+        let current = state
+            .get(
+                &kind.storage_resource(),
+                target.namespace.as_deref().unwrap_or(""),
+                name,
+            )
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
+        let mut merged = versioned(kind, &current);
+        if kind.behaviour == Behaviour::Custom {
+            json_patch::merge(&mut merged, &applied);
+        } else {
+            patch::strategic_merge(&mut merged, &applied).map_err(Status::bad_request)?;
+        }
+        self.check_body(target, &mut merged)?;
+        let warnings = Self::prune(kind, &mut merged, validation, true)?;
+        let reply = self.write(
+            &mut state,
+            target,
+            name,
+            merged,
+            request.query.get("dryRun") == Some("All"),
+            output,
+        )?;
+        Ok(Reply {
+            warnings: [warnings, reply.warnings].concat(),
+            ..reply
+        })
+    }
+
     /// The shared end of update and patch: preconditions, what the part may change,
     /// validation, generation, a no-op left unwritten, and deletion once the last finalizer
     /// of an object being deleted is gone.
@@ -905,19 +1277,19 @@ impl Api {
         output: Output,
     ) -> ApiResult<Reply> {
         let kind = &target.kind;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let current = state
             .get(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let sent_rv = meta_str(&object, "resourceVersion").to_string();
         if !sent_rv.is_empty() && sent_rv != meta_str(&current, "resourceVersion") {
-            return Err(Status::conflict_modified(&resource, name));
+            return Err(Status::conflict_modified(&kind.group_resource(), name));
         }
         let sent_uid = meta_str(&object, "uid").to_string();
         if !sent_uid.is_empty() && sent_uid != meta_str(&current, "uid") {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}",
@@ -980,7 +1352,7 @@ impl Api {
             && finalizers(&current) > 0
             && current["metadata"]["deletionTimestamp"].is_string()
             && current["metadata"]["deletionGracePeriodSeconds"].as_i64() == Some(0);
-        let stored = state.update(&resource, object);
+        let stored = state.update(&resource, stored(kind, &object));
         if finishing {
             let deleted = state.delete(&resource, &namespace, name);
             self.after_delete(state, kind, name);
@@ -1020,17 +1392,17 @@ impl Api {
     ) -> ApiResult<Reply> {
         let kind = &target.kind;
         let options = DeleteOptions::parse(request)?;
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut state = self.lock();
         let current = state
             .get(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         if let Some(uid) = &options.uid
             && uid != meta_str(&current, "uid")
         {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
@@ -1042,7 +1414,7 @@ impl Api {
             && rv != meta_str(&current, "resourceVersion")
         {
             return Err(Status::conflict(
-                &resource,
+                &kind.group_resource(),
                 name,
                 &format!(
                     "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
@@ -1103,7 +1475,7 @@ impl Api {
                 let generation = m.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
                 m.insert("generation".into(), generation.into());
             }
-            let stored = state.update(&resource, object);
+            let stored = state.update(&resource, stored(kind, &object));
             self.notify(&state);
             return Ok(Reply::json(200, render(kind, &stored, output, true)));
         }
@@ -1112,7 +1484,7 @@ impl Api {
         }
         let deleted = state
             .delete(&resource, &namespace, name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         self.after_delete(&mut state, kind, name);
         self.notify(&state);
         if kind.returns_deleted_object {
@@ -1120,7 +1492,7 @@ impl Api {
         } else {
             Ok(Reply::json(
                 200,
-                success_deleted(&resource, name, meta_str(&deleted, "uid")),
+                success_deleted(&kind.group_resource(), name, meta_str(&deleted, "uid")),
             ))
         }
     }
@@ -1134,10 +1506,10 @@ impl Api {
         name: &str,
         output: Output,
     ) -> ApiResult<Reply> {
-        let resource = kind.group_resource();
+        let resource = kind.storage_resource();
         let current = state
             .get(&resource, "", name)
-            .ok_or_else(|| Status::not_found(&resource, name))?;
+            .ok_or_else(|| Status::not_found(&kind.group_resource(), name))?;
         let mut terminating = (*current).clone();
         meta(&mut terminating).insert("deletionTimestamp".into(), now().to_string().into());
         meta(&mut terminating).insert("deletionGracePeriodSeconds".into(), 0.into());
@@ -1168,7 +1540,7 @@ impl Api {
         let names: Vec<String> = {
             let state = self.lock();
             state
-                .list(&kind.group_resource(), target.namespace.as_deref())
+                .list(&kind.storage_resource(), target.namespace.as_deref())
                 .iter()
                 .filter(|o| {
                     labels.matches(o["metadata"]["labels"].as_object()) && fields.matches(kind, o)
@@ -1190,6 +1562,67 @@ impl Api {
             json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": {}, "items": items}),
         ))
     }
+}
+
+/// The attributes RBAC decides on: the verb from the method (list/watch for collections),
+/// and for a list or watch pinned by `fieldSelector=metadata.name=X`, that name (so
+/// `resourceNames` can allow it, as in the real request info).
+fn request_attributes(request: &Request, target: &Target) -> Attributes {
+    let verb = match (request.method, &target.name) {
+        (Method::Get, None) if request.query.flag("watch") => "watch",
+        (Method::Get, None) => "list",
+        (Method::Get, Some(_)) => "get",
+        (Method::Post, _) => "create",
+        (Method::Put, _) => "update",
+        (Method::Patch, _) => "patch",
+        (Method::Delete, None) => "deletecollection",
+        (Method::Delete, Some(_)) => "delete",
+        (Method::Other, _) => "unknown",
+    };
+    let name = target.name.clone().unwrap_or_else(|| {
+        let pinned = request.query.get("fieldSelector").and_then(|f| {
+            let (field, value) = f.split_once('=')?;
+            let value = value.strip_prefix('=').unwrap_or(value);
+            (field.trim() == "metadata.name" && !f.contains(',') && !field.ends_with('!'))
+                .then(|| value.trim().to_string())
+        });
+        if matches!(verb, "list" | "watch") {
+            pinned.unwrap_or_default()
+        } else {
+            String::new()
+        }
+    });
+    Attributes::Resource {
+        verb: verb.into(),
+        group: target.kind.group.clone(),
+        resource: target.kind.plural.clone(),
+        subresource: match target.part {
+            Part::Main => String::new(),
+            Part::Status => "status".into(),
+            Part::Token => "token".into(),
+        },
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name,
+    }
+}
+
+fn impersonation(resource: &str, namespace: &str, name: &str) -> Attributes {
+    Attributes::Resource {
+        verb: "impersonate".into(),
+        group: String::new(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+/// The `default` ServiceAccount the ServiceAccount controller gives every namespace.
+fn default_service_account(state: &mut State, namespace: &str) {
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "default", "namespace": namespace,
+        "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now().to_string()}});
+    state.create(&GroupResource::new("", "serviceaccounts"), account);
 }
 
 /// generateName's five characters (the real alphabet leaves out vowels and look-alikes).

@@ -88,6 +88,17 @@ pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Opt
             "categories": t.categories,
             "storageVersionHash": storage_version_hash(&t),
         }));
+        if t.has_token_subresource() {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if t.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", t.plural),
@@ -140,6 +151,12 @@ fn discovery_resource(t: &ResourceType) -> Value {
         }
         if !t.categories.is_empty() {
             object.insert("categories".into(), json!(t.categories));
+        }
+        if t.has_token_subresource() {
+            object.insert(
+                "subresources".into(),
+                json!([{"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}]),
+            );
         }
         if t.status_subresource {
             object.insert(

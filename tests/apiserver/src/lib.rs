@@ -12,6 +12,7 @@
 //! ```
 
 mod api;
+mod auth;
 mod discovery;
 mod objects;
 mod patch;
@@ -24,6 +25,8 @@ mod server;
 mod status;
 mod store;
 mod table;
+mod tls;
+mod typed;
 mod watch;
 
 pub use server::{ApiServer, Options, kubeconfig_yaml};

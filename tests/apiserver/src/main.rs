@@ -14,9 +14,12 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Where to write a kubeconfig pointing at this server.
+    /// Where to write a kubeconfig pointing at this server (as the cluster admin).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve HTTPS and authenticate every request (needed for kubectl to send tokens).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Bad configuration (a flag, a busy port), as the rest of redis-pair exits.
@@ -43,6 +46,7 @@ async fn main() -> ExitCode {
     };
     let options = test_apiserver::Options {
         listen: cli.listen,
+        tls: cli.tls,
         ..Default::default()
     };
     let server = match test_apiserver::ApiServer::start(options).await {

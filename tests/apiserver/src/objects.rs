@@ -13,6 +13,8 @@ use crate::status::{FieldError, Status};
 pub enum Part {
     Main,
     Status,
+    /// `serviceaccounts/token`: a TokenRequest, answered, never stored.
+    Token,
 }
 
 fn object_mut(value: &mut Value) -> &mut Map<String, Value> {
@@ -65,7 +67,7 @@ pub fn prepare_create(kind: &ResourceType, object: &mut Value, cluster_ip: &str)
                 .insert("kubernetes.io/metadata.name".into(), name.into());
         }
         Behaviour::CustomResourceDefinition => default_crd(object),
-        Behaviour::Custom | Behaviour::Plain => {}
+        Behaviour::Custom | Behaviour::Plain | Behaviour::Review | Behaviour::WhoAmI => {}
     }
 }
 
@@ -459,7 +461,7 @@ pub fn merge_for_part(kind: &ResourceType, part: Part, new: Value, old: &Value) 
             };
             merged
         }
-        Part::Main => new,
+        Part::Main | Part::Token => new,
         Part::Status => {
             let mut merged = old.clone();
             match new.get("status") {
@@ -491,6 +493,54 @@ pub fn spec_changed(kind: &ResourceType, new: &Value, old: &Value) -> bool {
     strip(new) != strip(old)
 }
 
+/// events.k8s.io/v1 field names and their core v1 Event names (pkg/apis/events/v1/conversion.go).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("reportingController", "reportingComponent"),
+];
+
+fn rename_fields(object: &Value, from_events: bool) -> Value {
+    let mut object = object.clone();
+    if let Some(map) = object.as_object_mut() {
+        for (events_name, core_name) in EVENT_FIELDS {
+            let (from, to) = if from_events {
+                (events_name, core_name)
+            } else {
+                (core_name, events_name)
+            };
+            if let Some(value) = map.remove(*from) {
+                map.insert(to.to_string(), value);
+            }
+        }
+    }
+    object
+}
+
+/// An events.k8s.io/v1 Event as the core v1 Event it is stored as.
+pub fn event_to_core(event: &Value) -> Value {
+    let mut core = rename_fields(event, true);
+    if let Some(map) = core.as_object_mut() {
+        map.insert("apiVersion".into(), "v1".into());
+        map.insert("kind".into(), "Event".into());
+    }
+    core
+}
+
+/// A stored core v1 Event as events.k8s.io/v1 serves it.
+pub fn event_from_core(core: &Value) -> Value {
+    let mut event = rename_fields(core, false);
+    if let Some(map) = event.as_object_mut() {
+        map.insert("apiVersion".into(), "events.k8s.io/v1".into());
+        map.insert("kind".into(), "Event".into());
+    }
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +570,22 @@ mod tests {
         assert!(validate_pod_update(&image, &old).is_empty());
         let node = json!({"spec": {"containers": [{"name": "c", "image": "a"}], "nodeName": "m"}});
         assert_eq!(validate_pod_update(&node, &old).len(), 1);
+    }
+
+    #[test]
+    fn events_convert_both_ways() {
+        let event = json!({"regarding": {"kind": "Pod", "name": "p"}, "note": "hi", "reportingController": "c", "reason": "R"});
+        let core = event_to_core(&event);
+        assert_eq!(core["involvedObject"]["name"], "p");
+        assert_eq!(
+            (
+                core["message"].as_str(),
+                core["reportingComponent"].as_str()
+            ),
+            (Some("hi"), Some("c"))
+        );
+        assert_eq!(event_from_core(&core)["note"], "hi");
+        assert_eq!(event_from_core(&core)["apiVersion"], "events.k8s.io/v1");
     }
 
     #[test]

@@ -182,6 +182,34 @@ const TOKEN_REQUEST: &[Field] = &[
     ),
 ];
 
+const SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    METADATA,
+    f(
+        2,
+        "spec",
+        Kind::Msg(&[
+            f(
+                1,
+                "resourceAttributes",
+                Kind::Msg(&[
+                    f(1, "namespace", Kind::Str),
+                    f(2, "verb", Kind::Str),
+                    f(3, "group", Kind::Str),
+                    f(4, "version", Kind::Str),
+                    f(5, "resource", Kind::Str),
+                    f(6, "subresource", Kind::Str),
+                    f(7, "name", Kind::Str),
+                ]),
+            ),
+            f(
+                2,
+                "nonResourceAttributes",
+                Kind::Msg(&[f(1, "path", Kind::Str), f(2, "verb", Kind::Str)]),
+            ),
+        ]),
+    ),
+];
+
 fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     Some(match (api_version, kind) {
         ("v1", "Namespace") => NAMESPACE,
@@ -192,6 +220,8 @@ fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
         ("v1" | "meta.k8s.io/v1", "DeleteOptions") => DELETE_OPTIONS,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &[METADATA],
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
         _ => return None,
     })
 }

@@ -148,10 +148,17 @@ pub fn negotiate(accept: &str, query: &Query) -> Result<Output, Status> {
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
+    /// The HTTP method as sent (non-resource requests are authorized on it, lower-cased).
+    pub method_name: String,
     pub path: String,
     pub query: Query,
     pub accept: String,
     pub content_type: String,
+    /// The `Authorization` header.
+    pub authorization: String,
+    /// `Impersonate-User` and `Impersonate-Group` headers.
+    pub impersonate_user: Option<String>,
+    pub impersonate_groups: Vec<String>,
     pub body: Bytes,
 }
 

@@ -49,6 +49,10 @@ pub enum Behaviour {
     Custom,
     /// Stored as sent (configmaps, events, leases, rbac objects, deployments...).
     Plain,
+    /// SelfSubjectAccessReview: create-only, answered from RBAC, never stored.
+    Review,
+    /// SelfSubjectReview (`kubectl auth whoami`): create-only, never stored.
+    WhoAmI,
 }
 
 /// The metadata.name rule of a kind.
@@ -106,6 +110,26 @@ impl ResourceType {
         GroupResource::new(&self.group, &self.plural)
     }
 
+    /// Where the objects live: events.k8s.io/v1 Events share the core v1 events' storage,
+    /// as in the real server (one object seen through both APIs).
+    pub fn storage_resource(&self) -> GroupResource {
+        if self.is_events_api() {
+            GroupResource::new("", "events")
+        } else {
+            self.group_resource()
+        }
+    }
+
+    /// The events.k8s.io/v1 Event, served by converting the stored core v1 Event.
+    /// ServiceAccounts have the `token` subresource (TokenRequest).
+    pub fn has_token_subresource(&self) -> bool {
+        self.group.is_empty() && self.plural == "serviceaccounts"
+    }
+
+    pub fn is_events_api(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
@@ -123,8 +147,11 @@ impl ResourceType {
         }
     }
 
-    /// Whether the request path selects this type ("pods", "po" is not a path).
+    /// The verbs discovery lists.
     pub fn verbs(&self) -> Vec<&'static str> {
+        if matches!(self.behaviour, Behaviour::Review | Behaviour::WhoAmI) {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -281,6 +308,24 @@ const BUILTINS: &[Builtin] = &[
             "clusterrolebindings",
         )
     },
+    Builtin {
+        namespaced: false,
+        behaviour: Behaviour::Review,
+        ..builtin(
+            "authorization.k8s.io",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+        )
+    },
+    Builtin {
+        namespaced: false,
+        behaviour: Behaviour::WhoAmI,
+        ..builtin(
+            "authentication.k8s.io",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+        )
+    },
 ];
 
 /// The group versions in the order discovery lists them (the real server's priority order:
@@ -292,6 +337,8 @@ pub const BUILTIN_GROUP_ORDER: &[&str] = &[
     "policy",
     "rbac.authorization.k8s.io",
     "networking.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
     "coordination.k8s.io",
     "apiextensions.k8s.io",
 ];

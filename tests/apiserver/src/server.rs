@@ -31,6 +31,11 @@ pub struct Options {
     pub listen: SocketAddr,
     /// How often an idle watch that asked for bookmarks gets one (the real server: about a minute).
     pub bookmark_interval: Duration,
+    /// Serve HTTPS with a CA made at start (in the kubeconfig) and authenticate every request:
+    /// no credentials is `system:anonymous`. Without TLS (the default) a request without
+    /// credentials is the cluster admin, as on the real server's old insecure port, because
+    /// kubectl never sends credentials over plain HTTP; bearer tokens are still honoured.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -38,6 +43,7 @@ impl Default for Options {
         Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             bookmark_interval: Duration::from_secs(60),
+            tls: false,
         }
     }
 }
@@ -54,6 +60,7 @@ struct Shared {
     api: Arc<Api>,
     delay: Mutex<Duration>,
     outage: watch::Sender<Outage>,
+    tls: Option<crate::tls::Tls>,
 }
 
 /// A running test API server. Dropping it stops it.
@@ -68,7 +75,12 @@ impl ApiServer {
     pub async fn start(options: Options) -> std::io::Result<ApiServer> {
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
-        let api = Arc::new(Api::new(options.bookmark_interval));
+        let tls = if options.tls {
+            Some(crate::tls::make()?)
+        } else {
+            None
+        };
+        let api = Arc::new(Api::new(options.bookmark_interval, !options.tls));
         if let Ok(mut address) = api.address.lock() {
             *address = addr.to_string();
         }
@@ -76,6 +88,7 @@ impl ApiServer {
             api,
             delay: Mutex::new(Duration::ZERO),
             outage: watch::channel(Outage::default()).0,
+            tls,
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, addr));
         Ok(ApiServer {
@@ -91,12 +104,57 @@ impl ApiServer {
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A kubeconfig whose current context points at this server, namespace `default`.
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.shared.tls.as_ref().map(|t| t.ca_pem.clone())
+    }
+
+    /// A kubeconfig whose current context points at this server as the cluster admin,
+    /// namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
-        kubeconfig_yaml(&self.url())
+        kubeconfig_yaml(
+            &self.url(),
+            self.ca_pem().as_deref(),
+            &self.shared.api.admin_token,
+        )
+    }
+
+    /// A kubeconfig that authenticates with `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        kubeconfig_yaml(&self.url(), self.ca_pem().as_deref(), token)
+    }
+
+    /// The bearer token of the cluster admin (group `system:masters`).
+    pub fn admin_token(&self) -> String {
+        self.shared.api.admin_token.clone()
+    }
+
+    /// A bearer token for `system:serviceaccount:NAMESPACE:NAME`; it authenticates while that
+    /// ServiceAccount exists (create it first), and RBAC decides what it may do.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.shared
+            .api
+            .issue_token(crate::auth::Identity::ServiceAccount {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+    }
+
+    /// A bearer token for a plain user in `groups` (and `system:authenticated`).
+    pub fn user_token(&self, name: &str, groups: &[&str]) -> String {
+        self.shared
+            .api
+            .issue_token(crate::auth::Identity::User(crate::auth::User::named(
+                name, groups,
+            )))
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
@@ -150,14 +208,25 @@ impl Drop for ApiServer {
     }
 }
 
-pub fn kubeconfig_yaml(url: &str) -> String {
+/// A kubeconfig for the server at `url` (trusting `ca_pem` for HTTPS), authenticating with a
+/// bearer token.
+pub fn kubeconfig_yaml(url: &str, ca_pem: Option<&str>, token: &str) -> String {
+    use base64::Engine as _;
+    let ca = ca_pem
+        .map(|pem| {
+            format!(
+                "\n    certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: test-apiserver
   cluster:
-    server: {url}
+    server: {url}{ca}
 contexts:
 - name: test-apiserver
   context:
@@ -168,7 +237,8 @@ current-context: test-apiserver
 preferences: {{}}
 users:
 - name: admin
-  user: {{}}
+  user:
+    token: {token}
 "
     )
 }
@@ -180,7 +250,7 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: TcpListener, addr: Socke
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(shared.clone(), stream));
+                    tokio::spawn(serve_stream(shared.clone(), stream));
                 }
             }
             changed = outage.changed() => {
@@ -205,7 +275,24 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: TcpListener, addr: Socke
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+/// Serves one accepted connection, after the TLS handshake on a TLS server.
+async fn serve_stream(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+    match &shared.tls {
+        None => serve_connection(shared.clone(), stream).await,
+        Some(tls) => {
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream));
+            if let Ok(Ok(stream)) = handshake.await {
+                serve_connection(shared.clone(), stream).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection<S>(shared: Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut outage = shared.outage.subscribe();
     let epoch = outage.borrow_and_update().epoch;
     let service = {
@@ -282,10 +369,24 @@ async fn respond(
     };
     let request = Request {
         method: Method::parse(parts.method.as_str()),
+        method_name: parts.method.as_str().to_string(),
         path: percent_decode(parts.uri.path()),
         query: Query::parse(parts.uri.query()),
         accept: header(hyper::header::ACCEPT),
         content_type: header(hyper::header::CONTENT_TYPE),
+        authorization: header(hyper::header::AUTHORIZATION),
+        impersonate_user: parts
+            .headers
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        impersonate_groups: parts
+            .headers
+            .get_all("impersonate-group")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect(),
         body,
     };
     // A handler that panicked must not take the connection with it: answer 500.

@@ -160,7 +160,7 @@ impl Watcher {
         let mut changes = self.api.changes.subscribe();
         let mut drops = self.api.drops.subscribe();
         drops.borrow_and_update();
-        let resource = self.kind.group_resource();
+        let resource = self.kind.storage_resource();
         let mut headers = true;
         let (mut cursor, initial) = {
             let state = self.api.lock();

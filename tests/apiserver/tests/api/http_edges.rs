@@ -212,7 +212,8 @@ async fn discovery_answers_as_a_1_33_server() {
     stream
         .write_all(
             format!(
-                "GET /apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {accept}\r\n\r\n"
+                "GET /apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {accept}\r\nAuthorization: Bearer {}\r\n\r\n",
+                server.admin_token()
             )
             .as_bytes(),
         )
@@ -427,8 +428,10 @@ async fn dropping_watches_cuts_every_open_stream() {
         let mut stream = tokio::net::TcpStream::connect(server.addr())
             .await
             .expect("connects");
-        let request =
-            "GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let request = format!(
+            "GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            server.admin_token()
+        );
         stream.write_all(request.as_bytes()).await.expect("writes");
         let mut seen = Vec::new();
         while !String::from_utf8_lossy(&seen).contains("\"ADDED\"") {

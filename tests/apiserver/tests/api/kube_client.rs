@@ -609,6 +609,14 @@ async fn a_metadata_watcher_on_secrets_gets_partial_objects() {
             .map(String::as_str),
         Some("c")
     );
+    assert_eq!(
+        changed
+            .types
+            .as_ref()
+            .map(|t| (t.api_version.as_str(), t.kind.as_str())),
+        Some(("meta.k8s.io/v1", "PartialObjectMetadata")),
+        "watch events carry metadata only too"
+    );
     assert_eq!(reader.state().len(), 1);
     let listed = secrets
         .list_metadata(&ListParams::default())
@@ -825,7 +833,7 @@ async fn lease_election_is_get_then_put_with_conflicts() {
 async fn the_event_recorder_creates_then_patches_a_repeated_event() {
     use k8s_openapi::api::events::v1::Event;
     use kube::runtime::events::{Event as Published, EventType, Recorder, Reporter};
-    let (_server, client, pairs) = setup().await;
+    let (server, client, pairs) = setup().await;
     let created = pairs
         .create(&PostParams::default(), &pair("a", 6379))
         .await
@@ -854,6 +862,42 @@ async fn the_event_recorder_creates_then_patches_a_repeated_event() {
     let listed = events.list(&ListParams::default()).await.expect("list");
     assert_eq!(listed.items.len(), 1, "the repeat patched the same event");
     assert_eq!(listed.items[0].series.as_ref().map(|s| s.count), Some(2));
+    // The same object through the core API, as kubectl get events and describe read it.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let selector = format!(
+        "involvedObject.name=a,involvedObject.kind=RedisPair,involvedObject.uid={}",
+        created.uid().unwrap_or_default()
+    );
+    let seen = core
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .expect("core list");
+    assert_eq!(seen.items.len(), 1);
+    assert_eq!(seen.items[0].message.as_deref(), Some("a-0 is master"));
+    assert_eq!(
+        seen.items[0].reporting_component.as_deref(),
+        Some("redis-pair")
+    );
+    let printed = crate::support::Kubectl::new(&server)
+        .ok(&["get", "events"])
+        .await;
+    let rows: Vec<Vec<&str>> = printed
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows[0],
+        vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert_eq!(
+        rows[1][1..],
+        ["Normal", "Promoted", "redispair/a", "a-0 is master"]
+    );
 }
 
 #[tokio::test]

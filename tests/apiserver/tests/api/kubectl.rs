@@ -599,4 +599,31 @@ async fn bad_objects_are_rejected_with_the_real_messages() {
     );
     let error = kubectl.fails(&["create", "namespace", "Bad_Name"]).await;
     assert!(error.contains("The Namespace \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label"), "{error}");
+    // Built-in kinds too: their fields are 1.33's.
+    let pod = kubectl.file(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: redis\n    image: redis:7\n    imagee: typo\n",
+    );
+    let error = kubectl
+        .fails(&["apply", "-f", pod.to_str().expect("path")])
+        .await;
+    assert!(
+        error.contains("Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"spec.containers[0].imagee\""),
+        "{error}"
+    );
+    kubectl
+        .run(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            pod.to_str().expect("path"),
+        ])
+        .await;
+    let stored = kubectl
+        .ok(&["get", "pod", "p", "-o", "jsonpath={.spec.containers[0]}"])
+        .await;
+    assert!(
+        !stored.contains("imagee") && stored.contains("redis:7"),
+        "pruned: {stored}"
+    );
 }

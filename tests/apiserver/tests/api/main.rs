@@ -2,7 +2,9 @@
 //! the pinned kubectl, and raw HTTP for what neither sends (malformed input, protocol edges).
 
 mod cli;
+mod helm;
 mod http_edges;
 mod kube_client;
 mod kubectl;
+mod rbac;
 mod support;

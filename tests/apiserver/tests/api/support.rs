@@ -146,6 +146,19 @@ pub fn kubectl_binary() -> PathBuf {
     path
 }
 
+/// The pinned helm: `$REDISPAIR_HELM`, else `target/tools/helm` of the workspace.
+pub fn helm_binary() -> PathBuf {
+    let path = std::env::var_os("REDISPAIR_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/helm"));
+    assert!(
+        path.is_file(),
+        "helm not found at {}: run scripts/kube-tools.sh (or set REDISPAIR_HELM)",
+        path.display()
+    );
+    path
+}
+
 /// The real kubectl against one server, with a HOME and discovery cache of its own.
 pub struct Kubectl {
     binary: PathBuf,
@@ -242,8 +255,9 @@ pub async fn http(
         .await
         .expect("connects");
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nAuthorization: Bearer {}\r\n",
+        body.len(),
+        server.admin_token()
     );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
