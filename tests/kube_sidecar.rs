@@ -446,6 +446,58 @@ async fn only_its_own_pair_is_followed() {
     assert_eq!(metric(&sidecar, "redispair_sidecar_pair_found").await, 1.0);
 }
 
+#[tokio::test]
+async fn get_list_and_watch_on_redispairs_over_tls_are_all_it_needs() {
+    let (a, b) = two_masters().await;
+    let kube = Kube::start_tls().await;
+    kube.create_pair(PAIR, spec_selecting(&[("app", "redis")]))
+        .await;
+    kube.publish(PAIR, 1, Some(&a.addr())).await;
+    let rule = |verbs: &[&str]| {
+        serde_json::json!([{
+            "apiGroups": ["redispair.io"],
+            "resources": ["redispairs"],
+            "verbs": verbs,
+        }])
+    };
+
+    let least = kube
+        .service_account_kubeconfig("app", rule(&["get", "list", "watch"]))
+        .await;
+    let allowed = sidecar(&kube).kubeconfig(&least).start().await;
+    allowed.await_ready(SETTLE_DEADLINE).await;
+    await_routed_to(&allowed, &a).await;
+    kube.publish(PAIR, 2, Some(&b.addr())).await;
+    await_routed_to(&allowed, &b).await;
+    assert_eq!(
+        metric(
+            &allowed,
+            r#"redispair_sidecar_watch_errors_total{kind="forbidden"}"#
+        )
+        .await,
+        0.0
+    );
+
+    // Without list: refused by RBAC, said so with the fix, retried, not ready.
+    let no_list = kube
+        .service_account_kubeconfig("nolist", rule(&["get", "watch"]))
+        .await;
+    let denied = sidecar(&kube).kubeconfig(&no_list).start().await;
+    await_metric_at_least(
+        &denied,
+        r#"redispair_sidecar_watch_errors_total{kind="forbidden"}"#,
+        1.0,
+    )
+    .await;
+    assert!(denied.readyz().await.expect("/readyz").0 == 503);
+    assert!(
+        denied
+            .log_text()
+            .contains("grant the pod's service account get, list and watch"),
+        "the warning names the fix"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fencing: ROLE before routing and every second after
 // ---------------------------------------------------------------------------------------------
