@@ -7,6 +7,7 @@
 //! - `pair`: the RedisPair watch (kube-runtime watcher, field selector, backoff).
 //! - `role`: the ROLE check (redis-rs).
 //! - `follow`: the task that ties them together and feeds the proxy and the admin endpoint.
+//! - `resident`: gives back the pages of start-up code once ready (idle RSS).
 //!
 //! Like local mode it validates its configuration before it serves anything (exit 64 with one
 //! line naming the fix); unlike a configuration mistake, an API server that does not answer
