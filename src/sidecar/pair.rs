@@ -8,8 +8,7 @@ use std::hash::BuildHasher;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use kube::runtime::utils::Backoff;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::crd::{self, AnnotationError, RedisPair};
@@ -34,6 +33,12 @@ pub enum PairEvent {
 }
 
 /// The events of RedisPair `name` in `namespace`, forever: failures are items, not the end.
+///
+/// After a failure the watcher is not polled again (polling is what retries) until the
+/// backoff has passed. The backoff is reset by an event that shows the API server answered,
+/// not by the watcher's `Init` marker, which it sends before every list attempt, including
+/// those that fail (so kube-runtime's `StreamBackoff`, which resets on any `Ok`, would retry
+/// at its shortest delay throughout an outage).
 pub fn events(
     client: Client,
     namespace: &str,
@@ -41,30 +46,47 @@ pub fn events(
 ) -> impl Stream<Item = PairEvent> + use<> {
     let api: Api<RedisPair> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    // Whether the current (re)list has shown the object yet.
-    let mut listed = false;
-    watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .filter_map(move |event| {
-            let event = match event {
-                Ok(watcher::Event::Init) => {
-                    listed = false;
+    let watch = Box::pin(watcher(api, config));
+    let retrying = futures_util::stream::unfold(
+        (watch, WatchBackoff::default(), None),
+        |(mut watch, mut backoff, pause)| async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            let event = watch.next().await?;
+            let pause = match &event {
+                Err(_) => Some(backoff.next_delay()),
+                Ok(watcher::Event::Init) => None,
+                Ok(_) => {
+                    backoff.reset();
                     None
                 }
-                Ok(watcher::Event::InitApply(pair)) => {
-                    listed = true;
-                    Some(seen(&pair))
-                }
-                Ok(watcher::Event::Apply(pair)) => Some(seen(&pair)),
-                Ok(watcher::Event::InitDone) => (!listed).then_some(PairEvent::Missing),
-                Ok(watcher::Event::Delete(_)) => Some(PairEvent::Missing),
-                Err(error) => Some(PairEvent::Failed {
-                    kind: classify(&error),
-                    error,
-                }),
             };
-            std::future::ready(event)
-        })
+            Some((event, (watch, backoff, pause)))
+        },
+    );
+    // Whether the current (re)list has shown the object yet.
+    let mut listed = false;
+    retrying.filter_map(move |event| {
+        let event = match event {
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                None
+            }
+            Ok(watcher::Event::InitApply(pair)) => {
+                listed = true;
+                Some(seen(&pair))
+            }
+            Ok(watcher::Event::Apply(pair)) => Some(seen(&pair)),
+            Ok(watcher::Event::InitDone) => (!listed).then_some(PairEvent::Missing),
+            Ok(watcher::Event::Delete(_)) => Some(PairEvent::Missing),
+            Err(error) => Some(PairEvent::Failed {
+                kind: classify(&error),
+                error,
+            }),
+        };
+        std::future::ready(event)
+    })
 }
 
 fn seen(pair: &RedisPair) -> PairEvent {
@@ -99,7 +121,6 @@ pub fn classify(error: &watcher::Error) -> WatchErrorKind {
 
 /// Exponential backoff from [`WatchBackoff::MIN`] to [`WatchBackoff::MAX`], with jitter so
 /// that the sidecars of many pods do not all return at once after an API server outage.
-/// Reset by the first good event.
 ///
 /// Shorter than client-go's (0.8 s to 30 s): a sidecar that resumes late follows a failover
 /// late. It asks for one object by name, so each retry is cheap for the API server.
@@ -125,22 +146,18 @@ impl Default for WatchBackoff {
     }
 }
 
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
+impl WatchBackoff {
     /// The next delay: between half and all of the current step, which doubles up to `MAX`.
-    fn next(&mut self) -> Option<Duration> {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (step * 2).min(Self::MAX);
         self.tries += 1;
         // A per-process random hasher gives a cheap, uniform-enough fraction in [0, 1).
         let fraction = (self.jitter.hash_one(self.tries) >> 11) as f64 / (1u64 << 53) as f64;
-        Some(step.mul_f64(0.5 + fraction / 2.0))
+        step.mul_f64(0.5 + fraction / 2.0)
     }
-}
 
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = Self::MIN;
     }
 }
@@ -154,7 +171,7 @@ mod tests {
         let mut backoff = WatchBackoff::default();
         let steps = [250, 500, 1000, 2000, 4000, 5000, 5000, 5000].map(Duration::from_millis);
         for step in steps {
-            let delay = backoff.next().expect("never gives up");
+            let delay = backoff.next_delay();
             assert!(
                 delay >= step / 2 && delay <= step,
                 "{delay:?} outside [{:?}, {step:?}]",
@@ -162,7 +179,7 @@ mod tests {
             );
         }
         backoff.reset();
-        let delay = backoff.next().expect("never gives up");
+        let delay = backoff.next_delay();
         assert!(delay <= WatchBackoff::MIN, "{delay:?}");
     }
 
