@@ -70,12 +70,24 @@ impl RedisPod {
         pods
     }
 
-    /// Creates the Pod object for `server` and reports it Running and Ready at its address.
+    /// Creates the Pod object for `server`, labelled `app=<app>`, and reports it Running and
+    /// Ready at its address.
     pub async fn adopt(kube: &Kube, name: &str, app: &str, server: RedisServer) -> RedisPod {
+        let labels = BTreeMap::from([("app".to_owned(), app.to_owned())]);
+        Self::adopt_with_labels(kube, name, &labels, server).await
+    }
+
+    /// The same with these labels (a StatefulSet's pod template's, say).
+    pub async fn adopt_with_labels(
+        kube: &Kube,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        server: RedisServer,
+    ) -> RedisPod {
         let pods: Api<Pod> = Api::namespaced(kube.client(), kube.namespace());
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": app}},
+            "metadata": {"name": name, "labels": labels},
             "spec": {
                 "nodeName": "test-node",
                 "terminationGracePeriodSeconds": 30,

@@ -73,7 +73,22 @@ impl Kube {
         Self::start_with(true).await
     }
 
+    /// A fresh API server with nothing installed, as a new cluster is (what `helm install`
+    /// starts from); the fixture's namespace is `namespace`, which something else creates.
+    pub async fn start_bare(namespace: &str) -> Kube {
+        let mut kube = Self::start_server(false).await;
+        kube.namespace = namespace.to_owned();
+        kube
+    }
+
     async fn start_with(tls: bool) -> Kube {
+        let kube = Self::start_server(tls).await;
+        kube.install_crd().await;
+        kube.create_namespace(&kube.namespace).await;
+        kube
+    }
+
+    async fn start_server(tls: bool) -> Kube {
         let mut attempt = 0;
         let (port, server, stop, thread) = loop {
             // On a leased port: during an outage (`refuse_connections_for`) the port is closed,
@@ -99,7 +114,7 @@ impl Kube {
             std::process::id(),
             NEXT_NAMESPACE.fetch_add(1, Ordering::SeqCst)
         );
-        let kube = Kube {
+        Kube {
             server: Some(server),
             stop: Some(stop),
             thread: Some(thread),
@@ -108,10 +123,7 @@ impl Kube {
             namespace,
             kubeconfig,
             dir,
-        };
-        kube.install_crd().await;
-        kube.create_namespace(&kube.namespace).await;
-        kube
+        }
     }
 
     pub fn client(&self) -> kube::Client {
