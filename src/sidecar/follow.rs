@@ -323,7 +323,7 @@ impl Follower {
         let Some(path) = &self.credentials.password_file else {
             return;
         };
-        match super::read_password(Some(path)) {
+        match super::password(Some(path)) {
             Ok(password) if password != self.credentials.credentials.password => {
                 info!(file = %path.display(), "read a new password from --password-file");
                 self.credentials.credentials.password = password;

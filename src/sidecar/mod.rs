@@ -35,7 +35,6 @@ use crate::cli::ProxyArgs;
 use crate::cluster::{self, ClusterError};
 use crate::engine::Published;
 use crate::engine::redis_io::Credentials;
-use crate::local::PASSWORD_ENV;
 use crate::metrics::{self, ProxyMetrics, SidecarMetrics};
 use crate::proxy;
 
@@ -92,7 +91,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     check_name("the namespace", &namespace, 63)?;
     let credentials = Credentials {
         username: args.credentials.username.clone(),
-        password: read_password(args.credentials.password_file.as_ref())?,
+        password: password(args.credentials.password_file.as_deref())?,
     };
     let listeners = proxy::Listeners {
         tcp: bind("--listen", args.listen).await?,
@@ -178,7 +177,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     );
 
     tokio::select! {
-        () = wait_for_signal() => {}
+        () = crate::signal::terminate_or_interrupt() => {}
         ended = &mut follower_task => {
             // The follower only returns when told to; a proxy without it would route on stale
             // information forever.
@@ -261,34 +260,18 @@ fn check_name(what: &'static str, value: &str, max: usize) -> Result<(), Sidecar
     Ok(())
 }
 
-fn read_password(file: Option<&PathBuf>) -> Result<Option<String>, SidecarError> {
-    match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|source| SidecarError::PasswordFile {
-                path: path.clone(),
-                source,
-            }),
-        None => Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())),
-    }
+/// `--password-file`, else `REDISPAIR_PASSWORD`.
+pub(crate) fn password(file: Option<&std::path::Path>) -> Result<Option<String>, SidecarError> {
+    crate::engine::redis_io::read_password(file).map_err(|source| SidecarError::PasswordFile {
+        path: file.map(std::path::Path::to_path_buf).unwrap_or_default(),
+        source,
+    })
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| SidecarError::Listen { flag, addr, source })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]
