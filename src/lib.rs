@@ -17,3 +17,4 @@ pub mod local;
 pub mod metrics;
 pub mod proxy;
 pub mod sidecar;
+pub mod signal;

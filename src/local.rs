@@ -15,14 +15,11 @@ use tracing::info;
 
 use crate::admin::{self, AdminState};
 use crate::cli::LocalArgs;
-use crate::engine::redis_io::{Connector, Credentials};
+use crate::engine::redis_io::{self, Connector, Credentials};
 use crate::engine::runner::{Engine, EngineConfig, Member};
 use crate::engine::{Endpoint, Fencing, InProcess, Policy, Published};
 use crate::metrics::{self, EngineMetrics, ProxyMetrics};
 use crate::proxy;
-
-/// The environment variable holding the engine's password when no file is given.
-pub const PASSWORD_ENV: &str = "REDISPAIR_PASSWORD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -78,7 +75,12 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     }
     let credentials = Credentials {
         username: args.credentials.username.clone(),
-        password: read_password(args.credentials.password_file.as_ref())?,
+        password: redis_io::read_password(args.credentials.password_file.as_deref()).map_err(
+            |source| LocalError::PasswordFile {
+                path: args.credentials.password_file.clone().unwrap_or_default(),
+                source,
+            },
+        )?,
     };
     let proxy_listeners = proxy::Listeners {
         tcp: bind("--listen", args.listen).await?,
@@ -160,7 +162,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
 
     let mut engine_task = engine_task;
     tokio::select! {
-        () = wait_for_signal() => {}
+        () = crate::signal::terminate_or_interrupt() => {}
         ended = &mut engine_task => {
             // The engine only returns when told to; anything else is a bug, and a proxy whose
             // engine is gone would route on stale information forever.
@@ -238,35 +240,8 @@ async fn resolve(servers: &[Endpoint]) -> Result<Vec<Member>, LocalError> {
     Ok(members)
 }
 
-fn read_password(file: Option<&PathBuf>) -> Result<Option<String>, LocalError> {
-    match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|source| LocalError::PasswordFile {
-                path: path.clone(),
-                source,
-            }),
-        None => Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())),
-    }
-}
-
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, LocalError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| LocalError::Listen { flag, addr, source })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

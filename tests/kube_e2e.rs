@@ -980,3 +980,110 @@ async fn the_password_comes_from_the_secret_and_a_rotated_one_is_followed() {
     old_master.server.kill();
     await_published(&kube, PAIR, &pods[0].endpoint(), epoch).await;
 }
+
+/// Whether an allowed request is one a rule of a Role covers, for (group, resource, verb).
+fn covers(
+    granted: &test_apiserver::Granted,
+    group: &str,
+    resource: &str,
+    verb: &str,
+    names: &[String],
+) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    granted.group == group
+        && granted.resource == resource
+        && granted.subresource == subresource
+        && granted.verb == verb
+        && (names.is_empty() || names.contains(&granted.name))
+}
+
+#[tokio::test]
+async fn every_rule_the_chart_grants_the_controller_is_one_it_needs() {
+    use support::cluster::{CONTROLLER_ACCOUNT, rendered_chart};
+
+    // A pair with a Secret, published, labelled, with an Event and a status: every call the
+    // controller makes in the life of a pair.
+    let kube = Kube::start().await;
+    let pods = RedisPod::start_group(&kube, PAIR, 2).await;
+    let secrets: Api<Secret> = Api::namespaced(kube.client(), kube.namespace());
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-auth"}, "stringData": {"password": ""}
+    }))
+    .expect("a secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let mut spec = spec_for(&pods);
+    spec.auth_secret_ref =
+        Some(serde_json::from_value(json!({"name": "redis-auth"})).expect("ref"));
+    kube.create_pair(PAIR, spec).await;
+    let _controller = Controller::start(&kube, "a").await;
+    await_published(&kube, PAIR, &pods[0].endpoint(), 0).await;
+    eventually(
+        "Healthy, labelled, with an Event",
+        SETTLE_DEADLINE,
+        async || {
+            let status = pair_status(&kube, PAIR).await?;
+            let labelled = pods[1].role_label().await.as_deref() == Some("replica");
+            let events = event_reasons(&kube, PAIR).await;
+            if status["phase"] == "Healthy" && labelled && !events.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "labelled {labelled}, events {events:?}, status {status}"
+                ))
+            }
+        },
+    )
+    .await;
+
+    let user = format!(
+        "system:serviceaccount:{}:{CONTROLLER_ACCOUNT}",
+        kube.namespace()
+    );
+    let rules: Vec<serde_json::Value> = rendered_chart(kube.namespace(), &[])
+        .into_iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(rules.len() >= 5, "the controller's rules: {rules:?}");
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    // Renewing the Lease (its update) comes a second in: every rule must be used within the
+    // deadline, or the chart grants something the controller does not need.
+    eventually(
+        "every rule of the chart used",
+        SETTLE_DEADLINE,
+        async || {
+            let granted = kube.server().granted(&user);
+            let mut unused = Vec::new();
+            for rule in &rules {
+                let names = strings(&rule["resourceNames"]);
+                for group in strings(&rule["apiGroups"]) {
+                    for resource in strings(&rule["resources"]) {
+                        for verb in strings(&rule["verbs"]) {
+                            if !granted
+                                .iter()
+                                .any(|g| covers(g, &group, &resource, &verb, &names))
+                            {
+                                unused.push(format!("{verb} {group}/{resource}"));
+                            }
+                        }
+                    }
+                }
+            }
+            if unused.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("never used: {unused:?}"))
+            }
+        },
+    )
+    .await;
+}

@@ -319,6 +319,67 @@ async fn a_new_publication_moves_every_new_connection_and_closes_pinned_ones() {
 }
 
 #[tokio::test]
+async fn a_newer_publication_stops_the_old_master_at_once_and_the_new_one_is_routed_when_it_answers()
+ {
+    let (a, mut b) = two_masters().await;
+    let kube = published(1, &a).await;
+    let sidecar = ready_sidecar(&kube).await;
+    let (mut pinned, _) = pinned_client(&sidecar).await;
+
+    // The new master does not answer yet (its process is not up).
+    b.kill();
+    kube.publish(PAIR, 2, Some(&b.addr())).await;
+    pinned
+        .await_closed(SETTLE_DEADLINE)
+        .await
+        .expect("the pinned connection to the old master is closed");
+    sidecar
+        .await_not_ready("not verified yet", SETTLE_DEADLINE)
+        .await;
+    let echoes = calls(&a, "echo").await.unwrap();
+    always(
+        "no new connection reaches the superseded master",
+        Duration::from_millis(1500),
+        async || {
+            let mut conn = sidecar
+                .proxy_conn()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.send(&["ECHO", "x"])
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            if let Ok(reply) = conn.read_within(WAIT_FOR_MASTER * 4).await {
+                return Err(format!("a reply came: {}", reply.brief()));
+            }
+            match calls(&a, "echo").await? {
+                n if n == echoes => Ok(()),
+                n => Err(format!("the old master ran ECHO {} times", n - echoes)),
+            }
+        },
+    )
+    .await;
+
+    // Up: retried quickly (at most a check period apart), verified and routed.
+    b.restart().await;
+    let up = Instant::now();
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    assert!(
+        up.elapsed() < Duration::from_millis(1500),
+        "routed {:?} after the new master came up",
+        up.elapsed()
+    );
+    await_routed_to(&sidecar, &b).await;
+    assert!(
+        metric(
+            &sidecar,
+            r#"redispair_sidecar_role_checks_total{outcome="refused"}"#
+        )
+        .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
 async fn a_publication_with_a_lower_epoch_is_ignored() {
     let (a, b) = two_masters().await;
     let kube = published(5, &a).await;
@@ -332,15 +393,109 @@ async fn a_publication_with_a_lower_epoch_is_ignored() {
         1.0,
     )
     .await;
+    // Left in place while the RedisPair changes otherwise: still ignored, logged once.
+    kube.touch(PAIR, "1").await;
+    kube.touch(PAIR, "2").await;
+    await_metric_at_least(
+        &sidecar,
+        r#"redispair_sidecar_publications_total{outcome="stale"}"#,
+        3.0,
+    )
+    .await;
     always_routed_to(&sidecar, &a, Duration::from_millis(1500)).await;
     assert_eq!(
         metric(&sidecar, "redispair_sidecar_cluster_epoch").await,
         5.0
     );
+    let warnings = sidecar
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("lower epoch"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for one stale publication");
 
     // The watch still follows a newer one.
     kube.publish(PAIR, 6, Some(&b.addr())).await;
     await_routed_to(&sidecar, &b).await;
+}
+
+#[tokio::test]
+async fn only_its_own_pair_is_followed() {
+    let (a, b) = two_masters().await;
+    let kube = Kube::start().await;
+    kube.create_pair("other", spec_selecting(&[("app", "other")]))
+        .await;
+    kube.publish("other", 9, Some(&b.addr())).await;
+    let sidecar = sidecar(&kube).start().await;
+    sidecar
+        .await_not_ready("does not exist", SETTLE_DEADLINE)
+        .await;
+
+    kube.create_pair(PAIR, spec_selecting(&[("app", "redis")]))
+        .await;
+    kube.publish(PAIR, 1, Some(&a.addr())).await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    // The other pair's publications, newer epochs and all, are not ours.
+    kube.publish("other", 10, Some(&b.addr())).await;
+    kube.delete_pair("other").await;
+    always_routed_to(&sidecar, &a, Duration::from_secs(1)).await;
+    assert_eq!(
+        metric(&sidecar, "redispair_sidecar_cluster_epoch").await,
+        1.0
+    );
+    assert_eq!(metric(&sidecar, "redispair_sidecar_pair_found").await, 1.0);
+}
+
+#[tokio::test]
+async fn get_list_and_watch_on_redispairs_over_tls_are_all_it_needs() {
+    let (a, b) = two_masters().await;
+    let kube = Kube::start_tls().await;
+    kube.create_pair(PAIR, spec_selecting(&[("app", "redis")]))
+        .await;
+    kube.publish(PAIR, 1, Some(&a.addr())).await;
+    let rule = |verbs: &[&str]| {
+        serde_json::json!([{
+            "apiGroups": ["redispair.io"],
+            "resources": ["redispairs"],
+            "verbs": verbs,
+        }])
+    };
+
+    let least = kube
+        .service_account_kubeconfig("app", rule(&["get", "list", "watch"]))
+        .await;
+    let allowed = sidecar(&kube).kubeconfig(&least).start().await;
+    allowed.await_ready(SETTLE_DEADLINE).await;
+    await_routed_to(&allowed, &a).await;
+    kube.publish(PAIR, 2, Some(&b.addr())).await;
+    await_routed_to(&allowed, &b).await;
+    assert_eq!(
+        metric(
+            &allowed,
+            r#"redispair_sidecar_watch_errors_total{kind="forbidden"}"#
+        )
+        .await,
+        0.0
+    );
+
+    // Without list: refused by RBAC, said so with the fix, retried, not ready.
+    let no_list = kube
+        .service_account_kubeconfig("nolist", rule(&["get", "watch"]))
+        .await;
+    let denied = sidecar(&kube).kubeconfig(&no_list).start().await;
+    await_metric_at_least(
+        &denied,
+        r#"redispair_sidecar_watch_errors_total{kind="forbidden"}"#,
+        1.0,
+    )
+    .await;
+    assert!(denied.readyz().await.expect("/readyz").0 == 503);
+    assert!(
+        denied
+            .log_text()
+            .contains("grant the pod's service account get, list and watch"),
+        "the warning names the fix"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,6 +698,48 @@ async fn role_checks_use_the_sidecars_credentials_and_clients_their_own() {
     assert_eq!(conn.cmd(&["GET", "k"]).await.unwrap(), Resp::Nil);
 }
 
+#[tokio::test]
+async fn a_rotated_password_file_is_read_again() {
+    let a = RedisServer::builder()
+        .host("127.0.0.2")
+        .requirepass("one")
+        .start()
+        .await;
+    let kube = published(1, &a).await;
+    let dir = support::TestDir::new("password");
+    let file = dir.path().join("password");
+    std::fs::write(&file, "one\n").expect("write the password file");
+    let sidecar = sidecar(&kube)
+        .arg("--password-file")
+        .arg(&file.display().to_string())
+        .start()
+        .await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+
+    // The Secret is rotated: the server and the mounted file change.
+    let mut admin = Conn::connect_auth(&a.addr(), Some("one"))
+        .await
+        .expect("connect");
+    assert!(
+        admin
+            .cmd(&["CONFIG", "SET", "requirepass", "two"])
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    std::fs::write(&file, "two\n").expect("rotate the password file");
+    // A republication needs a new verification, which works with the new password only.
+    kube.publish(PAIR, 2, Some(&a.addr())).await;
+    await_metric_at_least(&sidecar, "redispair_sidecar_cluster_epoch", 2.0).await;
+    sidecar.await_ready(SETTLE_DEADLINE).await;
+    // Verified under the new epoch: un-routed for it (generation 2), routed again (3).
+    assert_eq!(
+        metric(&sidecar, "redispair_sidecar_route_generation").await,
+        3.0
+    );
+    assert!(sidecar.log_text().contains("read a new password"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The API server: outages, dropped watches, compaction, deletion, bad annotations
 // ---------------------------------------------------------------------------------------------
@@ -588,6 +785,17 @@ async fn an_api_server_outage_of_30s_keeps_the_last_master_and_the_watch_resumes
     assert_eq!(
         a.get("during-outage").await.unwrap(),
         Some(writes.to_string())
+    );
+    // It retried with backoff (250 ms doubling to 5 s, jittered: at most ~16 tries in 30 s),
+    // not in a tight loop.
+    let tries = metric(
+        &sidecar,
+        r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#,
+    )
+    .await;
+    assert!(
+        tries <= 20.0,
+        "{tries} failed watch attempts during a 30 s outage"
     );
 
     // A failover while the API server was down is published once it is back: followed.
@@ -643,23 +851,29 @@ async fn dropped_watch_streams_and_a_compacted_history_are_survived() {
 }
 
 #[tokio::test]
-async fn an_unreachable_api_server_at_start_up_is_waited_for() {
+async fn an_unreachable_api_server_at_start_up_is_waited_for_with_backoff() {
     let (a, _b) = two_masters().await;
     let kube = published(1, &a).await;
-    kube.refuse_connections_for(Duration::from_secs(3)).await;
+    let outage = Duration::from_secs(8);
+    kube.refuse_connections_for(outage).await;
+    let down = Instant::now();
     let sidecar = sidecar(&kube).start().await;
     match sidecar.readyz().await.expect("/readyz") {
         (503, _) => {}
         (code, body) => panic!("ready without the API server: {code} {body}"),
     }
-    await_metric_at_least(
-        &sidecar,
-        r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#,
-        1.0,
-    )
-    .await;
-    sidecar.await_ready(SETTLE_DEADLINE).await;
+    let unreachable = r#"redispair_sidecar_watch_errors_total{kind="unreachable"}"#;
+    await_metric_at_least(&sidecar, unreachable, 1.0).await;
+    sidecar.await_ready(outage + SETTLE_DEADLINE).await;
+    assert!(down.elapsed() >= outage, "ready during the outage");
     await_routed_to(&sidecar, &a).await;
+    // Each try lists afresh; the backoff (250 ms doubling to 5 s, jittered) allows at most ~8
+    // in 8 s. Without it, a try every ~200 ms: about 40.
+    let tries = metric(&sidecar, unreachable).await;
+    assert!(
+        tries <= 12.0,
+        "{tries} failed lists during an {outage:?} outage"
+    );
 }
 
 #[tokio::test]

@@ -226,7 +226,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         elector
     });
     let outcome = tokio::select! {
-        () = wait_for_signal() => Ok(()),
+        () = crate::signal::terminate_or_interrupt() => Ok(()),
         ended = &mut lease_task => match ended {
             Ok(_) | Err(_) => Err(ControllerError::TaskEnded("lease election")),
         },
@@ -272,26 +272,28 @@ async fn run_scope(
     let (pair_store, pair_writer) = reflector::store();
     let pair_events = reflector::reflector(
         pair_writer,
-        watcher(pair_api, watcher::Config::default()).inspect_ok(pairs_synced.marker()),
+        cluster::resumed(
+            watcher(pair_api, watcher::Config::default()).inspect_ok(pairs_synced.marker()),
+        ),
     )
-    .backoff(cluster::watch_backoff())
     .applied_objects();
 
     let (pod_store, pod_writer) = reflector::store();
     let pod_events = reflector::reflector(
         pod_writer,
-        watcher(pod_api, watcher::Config::default())
-            .inspect_ok(Synced::new(&synced).marker())
-            .modify(keep_what_matters),
+        cluster::resumed(
+            watcher(pod_api, watcher::Config::default())
+                .inspect_ok(Synced::new(&synced).marker())
+                .modify(keep_what_matters),
+        ),
     )
-    .backoff(cluster::watch_backoff())
     .touched_objects();
 
     // No cache of Secrets is read: a change only says which pairs to look at again.
-    let secret_events = watcher(secret_api, watcher::Config::default())
-        .inspect_ok(Synced::new(&synced).marker())
-        .backoff(cluster::watch_backoff())
-        .touched_objects();
+    let secret_events = cluster::resumed(
+        watcher(secret_api, watcher::Config::default()).inspect_ok(Synced::new(&synced).marker()),
+    )
+    .touched_objects();
 
     // Deleted RedisPairs have no reconcile: their engines are stopped here.
     tokio::spawn({
@@ -589,19 +591,4 @@ fn default_identity() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "redis-pair".into());
     format!("{host}-{}", std::process::id())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -46,21 +46,40 @@ impl RedisCallError {
     }
 
     fn from_redis(err: &redis::RedisError) -> Self {
-        let kind = if err.is_connection_refusal() || err.is_connection_dropped() {
-            FailureKind::Refused
-        } else if err.is_timeout() {
-            FailureKind::Timeout
-        } else if err.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-        {
-            FailureKind::AuthFailed
-        } else {
-            FailureKind::Error
-        };
         Self {
-            kind,
+            kind: classify(err),
             detail: err.to_string(),
         }
+    }
+}
+
+/// How a Redis call failed, the way the decision needs it: refused (the process is gone),
+/// timed out, credentials rejected, or anything else.
+pub fn classify(err: &redis::RedisError) -> FailureKind {
+    if err.is_connection_refusal() || err.is_connection_dropped() {
+        FailureKind::Refused
+    } else if err.is_timeout() {
+        FailureKind::Timeout
+    } else if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        FailureKind::AuthFailed
+    } else {
+        FailureKind::Error
+    }
+}
+
+/// The environment variable holding the password of redis-pair's own Redis connections when
+/// no file is given.
+pub const PASSWORD_ENV: &str = "REDISPAIR_PASSWORD";
+
+/// The password of redis-pair's own connections: the file's first line (a file made from a
+/// Secret may end in a line break), else `REDISPAIR_PASSWORD`; empty is none.
+pub fn read_password(file: Option<&std::path::Path>) -> std::io::Result<Option<String>> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned())),
+        None => Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())),
     }
 }
 

@@ -4,6 +4,7 @@
 //! logs, once per change rather than once per event.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::{Pin, pin};
 
 use futures_util::{Stream, StreamExt};
@@ -13,7 +14,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::engine::redis_io::Connector;
+use crate::engine::redis_io::{Connector, Credentials};
 use crate::engine::{Endpoint, FailureKind, Published, Role};
 use crate::metrics::{
     PublicationLabel, PublicationOutcome, RoleCheckLabel, RouteChange, RouteChangeLabel,
@@ -50,25 +51,41 @@ pub struct Outputs {
 
 type RoleCheck = Pin<Box<dyn Future<Output = (CandidateId, RoleAnswer)> + Send>>;
 
+/// The ROLE checks' credentials: a `--password-file` is read again when a server rejects them
+/// (a rotated Secret), since a new master could otherwise never be verified.
+pub struct RoleCredentials {
+    pub credentials: Credentials,
+    pub password_file: Option<PathBuf>,
+}
+
 pub struct Follower {
     route: Route,
+    credentials: RoleCredentials,
     connector: Connector,
     outputs: Outputs,
     /// The last ROLE answer kind logged for the current candidate, so a server that keeps
     /// failing is logged once.
-    logged_answer: Option<(CandidateId, Result<Role, FailureKind>)>,
+    logged_answer: Option<(CandidateId, RoleAnswer)>,
+    /// The last ignored (stale or conflicting) publication logged, so that one left in place
+    /// is logged once and not at every status update of the RedisPair.
+    logged_ignored: Option<Published>,
     /// The watch failure being reported, while the watch is down.
     watch_down: Option<WatchErrorKind>,
+    /// Whether the watch has delivered anything yet.
+    watch_started: bool,
 }
 
 impl Follower {
-    pub fn new(connector: Connector, outputs: Outputs) -> Self {
+    pub fn new(credentials: RoleCredentials, outputs: Outputs) -> Self {
         Self {
             route: Route::new(),
-            connector,
+            connector: Connector::new(credentials.credentials.clone(), role::ROLE_TIMEOUT),
+            credentials,
             outputs,
             logged_answer: None,
+            logged_ignored: None,
             watch_down: None,
+            watch_started: false,
         }
     }
 
@@ -200,6 +217,7 @@ impl Follower {
     }
 
     fn watch_resumed(&mut self) {
+        self.watch_started = true;
         if let Some(kind) = self.watch_down.take()
             && kind != WatchErrorKind::Gone
         {
@@ -215,15 +233,25 @@ impl Follower {
             .inc();
     }
 
-    fn log_publication(&self, outcome: PublicationOutcome, published: &Published) {
+    fn log_publication(&mut self, outcome: PublicationOutcome, published: &Published) {
         let master = published.master.as_ref().map(ToString::to_string);
         let held = self.route.cluster_epoch();
+        let ignored = matches!(
+            outcome,
+            PublicationOutcome::Stale | PublicationOutcome::Conflict
+        );
+        if ignored && self.logged_ignored.as_ref() == Some(published) {
+            return;
+        }
+        self.logged_ignored = ignored.then(|| published.clone());
         match outcome {
-            PublicationOutcome::Followed => info!(
-                epoch = published.epoch,
-                master = ?master,
-                "new publication; verifying the master before routing to it"
-            ),
+            PublicationOutcome::Followed => match &master {
+                Some(master) => info!(
+                    epoch = published.epoch,
+                    master, "new publication; verifying the master before routing to it"
+                ),
+                None => info!(epoch = published.epoch, "new publication: no master"),
+            },
             PublicationOutcome::Unchanged => {}
             PublicationOutcome::Stale => warn!(
                 epoch = published.epoch,
@@ -248,6 +276,9 @@ impl Follower {
                 outcome: role::outcome(&answer),
             })
             .inc();
+        if answer == Err(FailureKind::AuthFailed) {
+            self.reread_password();
+        }
         let endpoint = self
             .route
             .check()
@@ -271,16 +302,39 @@ impl Follower {
                      REDISPAIR_PASSWORD (and --username for an ACL user) to what the server \
                      requires"
                 ),
+                Err(kind) if self.route.verified() => info!(
+                    server = master,
+                    failure = kind.as_str(),
+                    "the ROLE check got no answer; the verified master stays routed"
+                ),
                 Err(kind) => info!(
                     server = master,
                     failure = kind.as_str(),
-                    verified = self.route.verified(),
-                    "the ROLE check got no answer; a verified master stays routed"
+                    "the published master does not answer ROLE yet; asking again soon"
                 ),
             }
             self.logged_answer = Some((id, answer));
         }
         Some(after)
+    }
+
+    /// Reads `--password-file` again; a changed password is used from the next check on.
+    fn reread_password(&mut self) {
+        let Some(path) = &self.credentials.password_file else {
+            return;
+        };
+        match super::password(Some(path)) {
+            Ok(password) if password != self.credentials.credentials.password => {
+                info!(file = %path.display(), "read a new password from --password-file");
+                self.credentials.credentials.password = password;
+                self.connector =
+                    Connector::new(self.credentials.credentials.clone(), role::ROLE_TIMEOUT);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(error = %error, "cannot read --password-file again; keeping the password read before")
+            }
+        }
     }
 
     /// Hands a changed route to the proxy and refreshes what the admin endpoint shows.
@@ -324,7 +378,7 @@ impl Follower {
             .set(i64::from(self.route.verified()));
         metrics.pair_found.set(i64::from(self.route.pair_found()));
         let not_ready = self.route.readiness().err().map(|why| why.to_string());
-        let watching = self.watch_down.is_none();
+        let watching = self.watch_started && self.watch_down.is_none();
         self.outputs.view.send_if_modified(|view| {
             let changed = view.cluster_epoch != self.route.cluster_epoch()
                 || view.master != published.master

@@ -7,6 +7,7 @@
 //! - `pair`: the RedisPair watch (kube-runtime watcher, field selector, backoff).
 //! - `role`: the ROLE check (redis-rs).
 //! - `follow`: the task that ties them together and feeds the proxy and the admin endpoint.
+//! - `resident`: gives back the pages of start-up code once ready (idle RSS).
 //!
 //! Like local mode it validates its configuration before it serves anything (exit 64 with one
 //! line naming the fix); unlike a configuration mistake, an API server that does not answer
@@ -14,6 +15,7 @@
 
 mod follow;
 mod pair;
+mod resident;
 mod role;
 mod route;
 
@@ -32,21 +34,20 @@ use crate::admin::{self, AdminState};
 use crate::cli::ProxyArgs;
 use crate::cluster::{self, ClusterError};
 use crate::engine::Published;
-use crate::engine::redis_io::{Connector, Credentials};
-use crate::local::PASSWORD_ENV;
+use crate::engine::redis_io::Credentials;
 use crate::metrics::{self, ProxyMetrics, SidecarMetrics};
 use crate::proxy;
 
-use self::follow::{Follower, Outputs, View};
+use self::follow::{Follower, Outputs, RoleCredentials, View};
 
 /// Deadline for a client's connection to the master (the proxy's connect timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("{flag} {value:?} is not a valid Kubernetes name: {why}")]
+    #[error("{what} {value:?} is not a valid Kubernetes name: {why}")]
     InvalidName {
-        flag: &'static str,
+        what: &'static str,
         value: String,
         why: &'static str,
     },
@@ -87,10 +88,10 @@ impl SidecarError {
 pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     check_name("--pair", &args.pair, 253)?;
     let namespace = namespace(&args)?;
-    check_name("--namespace", &namespace, 63)?;
+    check_name("the namespace", &namespace, 63)?;
     let credentials = Credentials {
         username: args.credentials.username.clone(),
-        password: read_password(args.credentials.password_file.as_ref())?,
+        password: password(args.credentials.password_file.as_deref())?,
     };
     let listeners = proxy::Listeners {
         tcp: bind("--listen", args.listen).await?,
@@ -118,7 +119,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
         watching: false,
     });
     let follower = Follower::new(
-        Connector::new(credentials, role::ROLE_TIMEOUT),
+        RoleCredentials {
+            credentials,
+            password_file: args.credentials.password_file.clone(),
+        },
         Outputs {
             route: route_tx,
             view: view_tx,
@@ -143,9 +147,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
                 Some(why) => Err(format!("{pair}: {why}")),
             })
         },
-        status: Some(Box::new(move || {
-            serde_json::to_value(&*view_rx.borrow()).unwrap_or_default()
-        })),
+        status: Some({
+            let view = view_rx.clone();
+            Box::new(move || serde_json::to_value(&*view.borrow()).unwrap_or_default())
+        }),
         engine: None,
         draining: stop_accepting.clone(),
     });
@@ -161,6 +166,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
         args.proxy.config(CONNECT_TIMEOUT),
         stop_accepting.clone(),
     ));
+    tokio::spawn(release_startup_pages(view_rx));
     info!(
         pair = %args.pair,
         namespace = %namespace,
@@ -171,7 +177,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     );
 
     tokio::select! {
-        () = wait_for_signal() => {}
+        () = crate::signal::terminate_or_interrupt() => {}
         ended = &mut follower_task => {
             // The follower only returns when told to; a proxy without it would route on stale
             // information forever.
@@ -194,6 +200,20 @@ pub async fn run(args: ProxyArgs) -> Result<(), SidecarError> {
     Ok(())
 }
 
+/// Once start-up is over (the first verified master, or a few seconds), gives back the pages
+/// of code that only start-up ran (see `resident`).
+async fn release_startup_pages(mut view: watch::Receiver<View>) {
+    let ready = view.wait_for(|v| v.not_ready.is_none());
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready).await;
+    // Let the first ROLE check's and the first requests' connections settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let released = resident::release_startup_pages();
+    tracing::debug!(
+        released_kib = released / 1024,
+        "released the pages of start-up code"
+    );
+}
+
 /// `--namespace`, else `POD_NAMESPACE` (both through clap), else the service account's
 /// namespace file. Never the kubeconfig context's: a sidecar that silently watched another
 /// namespace's RedisPair of the same name would route an application to the wrong Redis.
@@ -211,9 +231,9 @@ fn namespace(args: &ProxyArgs) -> Result<String, SidecarError> {
 
 /// A DNS-1123 name as Kubernetes requires of objects (subdomain, `max` 253) and namespaces
 /// (label, `max` 63): a typo is reported now, not as a watch that never finds anything.
-fn check_name(flag: &'static str, value: &str, max: usize) -> Result<(), SidecarError> {
+fn check_name(what: &'static str, value: &str, max: usize) -> Result<(), SidecarError> {
     let fail = |why| SidecarError::InvalidName {
-        flag,
+        what,
         value: value.to_owned(),
         why,
     };
@@ -240,34 +260,18 @@ fn check_name(flag: &'static str, value: &str, max: usize) -> Result<(), Sidecar
     Ok(())
 }
 
-fn read_password(file: Option<&PathBuf>) -> Result<Option<String>, SidecarError> {
-    match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|source| SidecarError::PasswordFile {
-                path: path.clone(),
-                source,
-            }),
-        None => Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty())),
-    }
+/// `--password-file`, else `REDISPAIR_PASSWORD`.
+pub(crate) fn password(file: Option<&std::path::Path>) -> Result<Option<String>, SidecarError> {
+    crate::engine::redis_io::read_password(file).map_err(|source| SidecarError::PasswordFile {
+        path: file.map(std::path::Path::to_path_buf).unwrap_or_default(),
+        source,
+    })
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| SidecarError::Listen { flag, addr, source })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]
@@ -278,12 +282,12 @@ mod tests {
     fn names_are_checked_as_kubernetes_checks_them() {
         assert!(check_name("--pair", "cache", 253).is_ok());
         assert!(check_name("--pair", "cache-1.eu", 253).is_ok());
-        assert!(check_name("--namespace", "apps-2", 63).is_ok());
+        assert!(check_name("the namespace", "apps-2", 63).is_ok());
         for bad in ["", "Cache", "cache_1", "-cache", "cache-", "a..b", ".a"] {
             assert!(check_name("--pair", bad, 253).is_err(), "{bad:?}");
         }
-        assert!(check_name("--namespace", "a.b", 63).is_err());
-        assert!(check_name("--namespace", &"a".repeat(64), 63).is_err());
+        assert!(check_name("the namespace", "a.b", 63).is_err());
+        assert!(check_name("the namespace", &"a".repeat(64), 63).is_err());
         assert!(check_name("--pair", &"a".repeat(254), 253).is_err());
     }
 

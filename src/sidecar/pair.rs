@@ -3,15 +3,11 @@
 //! redispairs there), resumed with a short, jittered backoff after every failure, its events
 //! turned into what the route decision needs.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::time::Duration;
-
 use futures_util::{Stream, StreamExt};
-use kube::runtime::utils::Backoff;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use crate::cluster;
 use crate::crd::{self, AnnotationError, RedisPair};
 use crate::engine::Published;
 use crate::metrics::WatchErrorKind;
@@ -33,7 +29,8 @@ pub enum PairEvent {
     },
 }
 
-/// The events of RedisPair `name` in `namespace`, forever: failures are items, not the end.
+/// The events of RedisPair `name` in `namespace`, forever: failures are items, not the end
+/// (`cluster::resumed` retries them with backoff).
 pub fn events(
     client: Client,
     namespace: &str,
@@ -41,30 +38,29 @@ pub fn events(
 ) -> impl Stream<Item = PairEvent> + use<> {
     let api: Api<RedisPair> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let retrying = cluster::resumed(watcher(api, config));
     // Whether the current (re)list has shown the object yet.
     let mut listed = false;
-    watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .filter_map(move |event| {
-            let event = match event {
-                Ok(watcher::Event::Init) => {
-                    listed = false;
-                    None
-                }
-                Ok(watcher::Event::InitApply(pair)) => {
-                    listed = true;
-                    Some(seen(&pair))
-                }
-                Ok(watcher::Event::Apply(pair)) => Some(seen(&pair)),
-                Ok(watcher::Event::InitDone) => (!listed).then_some(PairEvent::Missing),
-                Ok(watcher::Event::Delete(_)) => Some(PairEvent::Missing),
-                Err(error) => Some(PairEvent::Failed {
-                    kind: classify(&error),
-                    error,
-                }),
-            };
-            std::future::ready(event)
-        })
+    retrying.filter_map(move |event| {
+        let event = match event {
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                None
+            }
+            Ok(watcher::Event::InitApply(pair)) => {
+                listed = true;
+                Some(seen(&pair))
+            }
+            Ok(watcher::Event::Apply(pair)) => Some(seen(&pair)),
+            Ok(watcher::Event::InitDone) => (!listed).then_some(PairEvent::Missing),
+            Ok(watcher::Event::Delete(_)) => Some(PairEvent::Missing),
+            Err(error) => Some(PairEvent::Failed {
+                kind: classify(&error),
+                error,
+            }),
+        };
+        std::future::ready(event)
+    })
 }
 
 fn seen(pair: &RedisPair) -> PairEvent {
@@ -97,74 +93,9 @@ pub fn classify(error: &watcher::Error) -> WatchErrorKind {
     }
 }
 
-/// Exponential backoff from [`WatchBackoff::MIN`] to [`WatchBackoff::MAX`], with jitter so
-/// that the sidecars of many pods do not all return at once after an API server outage.
-/// Reset by the first good event.
-///
-/// Shorter than client-go's (0.8 s to 30 s): a sidecar that resumes late follows a failover
-/// late. It asks for one object by name, so each retry is cheap for the API server.
-#[derive(Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-    jitter: RandomState,
-    tries: u64,
-}
-
-impl WatchBackoff {
-    pub const MIN: Duration = Duration::from_millis(250);
-    pub const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self {
-            next: Self::MIN,
-            jitter: RandomState::new(),
-            tries: 0,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    /// The next delay: between half and all of the current step, which doubles up to `MAX`.
-    fn next(&mut self) -> Option<Duration> {
-        let step = self.next;
-        self.next = (step * 2).min(Self::MAX);
-        self.tries += 1;
-        // A per-process random hasher gives a cheap, uniform-enough fraction in [0, 1).
-        let fraction = (self.jitter.hash_one(self.tries) >> 11) as f64 / (1u64 << 53) as f64;
-        Some(step.mul_f64(0.5 + fraction / 2.0))
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_backoff_doubles_to_its_cap_with_jitter_and_resets() {
-        let mut backoff = WatchBackoff::default();
-        let steps = [250, 500, 1000, 2000, 4000, 5000, 5000, 5000].map(Duration::from_millis);
-        for step in steps {
-            let delay = backoff.next().expect("never gives up");
-            assert!(
-                delay >= step / 2 && delay <= step,
-                "{delay:?} outside [{:?}, {step:?}]",
-                step / 2
-            );
-        }
-        backoff.reset();
-        let delay = backoff.next().expect("never gives up");
-        assert!(delay <= WatchBackoff::MIN, "{delay:?}");
-    }
 
     #[test]
     fn watch_failures_get_bounded_kinds() {

@@ -29,11 +29,11 @@ pub async fn check(connector: &Connector, endpoint: &Endpoint) -> RoleAnswer {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| crate::engine::redis_io::classify(&e))?;
         let reply: Vec<redis::Value> = redis::cmd("ROLE")
             .query_async(&mut conn)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| crate::engine::redis_io::classify(&e))?;
         Ok(parse_role(&reply))
     };
     tokio::time::timeout(deadline, ask)
@@ -52,22 +52,6 @@ fn parse_role(reply: &[redis::Value]) -> Role {
         Role::Master
     } else {
         Role::Replica
-    }
-}
-
-/// The engine's classification of a failed call (`engine::redis_io`): refused or dropped,
-/// timeout, rejected credentials, anything else.
-fn classify(error: &redis::RedisError) -> FailureKind {
-    if error.is_connection_refusal() || error.is_connection_dropped() {
-        FailureKind::Refused
-    } else if error.is_timeout() {
-        FailureKind::Timeout
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-    {
-        FailureKind::AuthFailed
-    } else {
-        FailureKind::Error
     }
 }
 

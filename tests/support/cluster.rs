@@ -70,12 +70,24 @@ impl RedisPod {
         pods
     }
 
-    /// Creates the Pod object for `server` and reports it Running and Ready at its address.
+    /// Creates the Pod object for `server`, labelled `app=<app>`, and reports it Running and
+    /// Ready at its address.
     pub async fn adopt(kube: &Kube, name: &str, app: &str, server: RedisServer) -> RedisPod {
+        let labels = BTreeMap::from([("app".to_owned(), app.to_owned())]);
+        Self::adopt_with_labels(kube, name, &labels, server).await
+    }
+
+    /// The same with these labels (a StatefulSet's pod template's, say).
+    pub async fn adopt_with_labels(
+        kube: &Kube,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        server: RedisServer,
+    ) -> RedisPod {
         let pods: Api<Pod> = Api::namespaced(kube.client(), kube.namespace());
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": app}},
+            "metadata": {"name": name, "labels": labels},
             "spec": {
                 "nodeName": "test-node",
                 "terminationGracePeriodSeconds": 30,
@@ -309,11 +321,19 @@ impl Controller {
         Self::start_with(kube, identity, &[]).await
     }
 
-    /// With extra flags (e.g. `--lease-duration 3s`).
+    /// With extra flags (e.g. `--lease-duration 3s`). The controller runs as the chart's
+    /// ServiceAccount with exactly the chart's RBAC ([`chart_rbac`]).
     pub async fn start_with(kube: &Kube, identity: &str, extra: &[&str]) -> Controller {
         let lease = PortLease::take();
         let admin = format!("127.0.0.1:{}", lease.port());
         let dir = TestDir::new(&format!("controller-{identity}"));
+        let kubeconfig = dir.path().join("kubeconfig");
+        let token = chart_rbac(kube).await;
+        std::fs::write(
+            &kubeconfig,
+            test_apiserver::kubeconfig_yaml(&kube.server().url(), None, &token),
+        )
+        .expect("write the controller's kubeconfig");
         let log = std::fs::File::create(dir.path().join("controller.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-pair"));
         cmd.arg("controller")
@@ -322,7 +342,7 @@ impl Controller {
             .args(["--lease-namespace", kube.namespace()])
             .args(["--identity", identity])
             .args(extra)
-            .env("KUBECONFIG", kube.kubeconfig())
+            .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,redis_pair=debug")
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
@@ -428,6 +448,82 @@ impl Drop for Controller {
         }
         self.kill();
     }
+}
+
+/// The controller's ServiceAccount in the chart (release `redis-pair`).
+pub const CONTROLLER_ACCOUNT: &str = "redis-pair-controller";
+
+/// The chart's RBAC for the controller (`helm template` with the fixture's namespace as the
+/// release namespace, default values: a ClusterRole and the Lease Role), applied once per
+/// namespace with kubectl; returns a token of the controller's ServiceAccount. The controller
+/// then gets exactly what the chart grants, and a rule missing from the chart fails the tests.
+pub async fn chart_rbac(kube: &Kube) -> String {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(kube.client(), kube.namespace());
+    if accounts
+        .get_opt(CONTROLLER_ACCOUNT)
+        .await
+        .expect("read ServiceAccounts")
+        .is_none()
+    {
+        let rbac: Vec<Value> = rendered_chart(kube.namespace(), &[])
+            .into_iter()
+            .filter(|o| {
+                matches!(
+                    o["kind"].as_str(),
+                    Some(
+                        "ServiceAccount"
+                            | "ClusterRole"
+                            | "ClusterRoleBinding"
+                            | "Role"
+                            | "RoleBinding"
+                    )
+                )
+            })
+            .collect();
+        assert!(!rbac.is_empty(), "the chart renders RBAC objects");
+        // A stream of documents, as `helm template | kubectl apply -f -` gives kubectl.
+        let stream: String = rbac.iter().map(|o| format!("---\n{o}\n")).collect();
+        let file = kube.kubeconfig().with_file_name("chart-rbac.yaml");
+        std::fs::write(&file, stream).expect("write the RBAC objects");
+        kubectl(kube, &["apply", "-f", &file.display().to_string()])
+            .await
+            .unwrap_or_else(|e| panic!("apply the chart's RBAC: {e}"));
+    }
+    kube.server()
+        .service_account_token(kube.namespace(), CONTROLLER_ACCOUNT)
+}
+
+/// `helm template redis-pair charts/redis-pair --namespace NS [flags]`, as objects.
+pub fn rendered_chart(namespace: &str, flags: &[&str]) -> Vec<Value> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let helm = repo.join("target/tools/helm");
+    assert!(
+        helm.exists(),
+        "{} is missing: run scripts/kube-tools.sh (scripts/test.sh does)",
+        helm.display()
+    );
+    let output = Command::new(helm)
+        .current_dir(&repo)
+        .args([
+            "template",
+            "redis-pair",
+            "charts/redis-pair",
+            "--namespace",
+            namespace,
+        ])
+        .args(flags)
+        .output()
+        .expect("run helm template");
+    assert!(
+        output.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = String::from_utf8(output.stdout).expect("helm prints UTF-8");
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&yaml).expect("the rendered chart is YAML");
+    documents.into_iter().filter(|d| !d.is_null()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! The API server runs on a thread and runtime of its own, so a test that blocks its own
-//! thread (a fixture's Drop waiting for a process) never stalls the API server as well.
+//! thread (a fixture's Drop waiting for a process) never stalls the API server as well, and on
+//! a leased port (`PortLease`), so that no other test process takes the port while an outage
+//! has it closed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
@@ -53,38 +56,53 @@ pub struct Kube {
     client: kube::Client,
     namespace: String,
     kubeconfig: PathBuf,
-    _dir: TestDir,
+    dir: TestDir,
+    _port: PortLease,
 }
 
 impl Kube {
-    /// Starts the API server, installs the CRD (`RedisPair::crd()`, what `crds/` holds) and
-    /// creates the namespace.
+    /// Starts the API server (plain HTTP), installs the CRD (`RedisPair::crd()`, what `crds/`
+    /// holds) and creates the namespace.
     pub async fn start() -> Kube {
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("test-apiserver".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let _ = started_tx.send(ApiServer::start(Options::default()).await);
-                    let _ = stopped.await;
-                });
-            })
-            .expect("spawn the API server thread");
-        let server = started_rx
-            .await
-            .expect("the API server thread answers")
-            .expect("the test API server starts");
+        Self::start_with(false).await
+    }
+
+    /// The same over HTTPS, with a CA made at start (in the kubeconfig), as a cluster serves;
+    /// requests without credentials are then anonymous, so RBAC applies to every client.
+    pub async fn start_tls() -> Kube {
+        Self::start_with(true).await
+    }
+
+    /// A fresh API server with nothing installed, as a new cluster is (what `helm install`
+    /// starts from); the fixture's namespace is `namespace`, which something else creates.
+    pub async fn start_bare(namespace: &str) -> Kube {
+        let mut kube = Self::start_server(false).await;
+        kube.namespace = namespace.to_owned();
+        kube
+    }
+
+    async fn start_with(tls: bool) -> Kube {
+        let kube = Self::start_server(tls).await;
+        kube.install_crd().await;
+        kube.create_namespace(&kube.namespace).await;
+        kube
+    }
+
+    async fn start_server(tls: bool) -> Kube {
+        let mut attempt = 0;
+        let (port, server, stop, thread) = loop {
+            // On a leased port: during an outage (`refuse_connections_for`) the port is closed,
+            // and no other test process may take it before the API server takes it back.
+            let port = PortLease::take();
+            match start_on_own_thread(port.port(), tls) {
+                Ok((server, stop, thread)) => break (port, server, stop, thread),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("[harness] the test API server did not start ({e}); trying again");
+                }
+                Err(e) => panic!("the test API server does not start: {e}"),
+            }
+        };
         let dir = TestDir::new("kube");
         let kubeconfig = dir.path().join("kubeconfig");
         server
@@ -96,18 +114,16 @@ impl Kube {
             std::process::id(),
             NEXT_NAMESPACE.fetch_add(1, Ordering::SeqCst)
         );
-        let kube = Kube {
+        Kube {
             server: Some(server),
             stop: Some(stop),
             thread: Some(thread),
+            _port: port,
             client,
             namespace,
             kubeconfig,
-            _dir: dir,
-        };
-        kube.install_crd().await;
-        kube.create_namespace(&kube.namespace).await;
-        kube
+            dir,
+        }
     }
 
     pub fn client(&self) -> kube::Client {
@@ -238,6 +254,46 @@ impl Kube {
             .unwrap_or_else(|e| panic!("label {name}: {e}"))
     }
 
+    /// Creates ServiceAccount `name` in this fixture's namespace, bound (Role + RoleBinding of
+    /// the same name) to exactly `rules` (a JSON array of RBAC PolicyRules), and returns a
+    /// kubeconfig file that authenticates as it with a token: what a pod with that service
+    /// account may do, nothing more.
+    pub async fn service_account_kubeconfig(&self, name: &str, rules: Value) -> PathBuf {
+        let ns = self.namespace.as_str();
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), ns);
+        let roles: Api<Role> = Api::namespaced(self.client(), ns);
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client(), ns);
+        let account: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("a ServiceAccount");
+        let role: Role =
+            serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))
+                .expect("a Role");
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        }))
+        .expect("a RoleBinding");
+        let post = PostParams::default();
+        accounts
+            .create(&post, &account)
+            .await
+            .unwrap_or_else(|e| panic!("create ServiceAccount {name}: {e}"));
+        roles
+            .create(&post, &role)
+            .await
+            .unwrap_or_else(|e| panic!("create Role {name}: {e}"));
+        bindings
+            .create(&post, &binding)
+            .await
+            .unwrap_or_else(|e| panic!("create RoleBinding {name}: {e}"));
+        let token = self.server().service_account_token(ns, name);
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        fs::write(&path, self.server().kubeconfig_yaml_with_token(&token))
+            .expect("write the service account's kubeconfig");
+        path
+    }
+
     /// An outage: the API server refuses connections (open ones, watches included, are cut)
     /// for `duration`. Returns once the port is closed.
     pub async fn refuse_connections_for(&self, duration: Duration) {
@@ -265,6 +321,50 @@ impl Drop for Kube {
             let _ = thread.join();
         }
     }
+}
+
+type ApiServerThread = (
+    ApiServer,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+);
+
+/// Starts the API server on 127.0.0.1:`port` on a thread with a runtime of its own, which runs
+/// until the returned sender is used or dropped.
+fn start_on_own_thread(port: u16, tls: bool) -> std::io::Result<ApiServerThread> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("test-apiserver".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let options = Options {
+                    listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    tls,
+                    ..Options::default()
+                };
+                let started = ApiServer::start(options).await;
+                let ok = started.is_ok();
+                let _ = started_tx.send(started);
+                if ok {
+                    let _ = stopped.await;
+                }
+            });
+        })?;
+    let server = started_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the API server thread ended"))??;
+    Ok((server, stop, thread))
 }
 
 async fn client_for(server: &ApiServer) -> kube::Client {
@@ -330,6 +430,11 @@ impl SidecarBuilder {
     }
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+    /// Another kubeconfig than the fixture's (e.g. `Kube::service_account_kubeconfig`).
+    pub fn kubeconfig(mut self, path: &Path) -> Self {
+        self.kubeconfig = path.to_path_buf();
         self
     }
 

@@ -87,6 +87,21 @@ pub struct Api {
     pub admin_token: String,
     /// A request without credentials is the admin (plain HTTP, see `Options::tls`).
     anonymous_is_admin: bool,
+    /// Every resource request RBAC allowed, of users who are not cluster admins: what a test
+    /// reads to see which rules of a role were needed.
+    pub granted: Mutex<Vec<Granted>>,
+}
+
+/// A resource request that RBAC allowed (`authorizer.Attributes` of an allowed request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    pub user: String,
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 /// A resource request after routing.
@@ -332,6 +347,7 @@ impl Api {
             tokens: Mutex::new(tokens),
             admin_token,
             anonymous_is_admin,
+            granted: Mutex::new(Vec::new()),
         }
     }
 
@@ -404,6 +420,34 @@ impl Api {
             }
         }
         Ok(impersonated)
+    }
+
+    fn note_granted(&self, user: &User, attributes: &Attributes) {
+        let Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        } = attributes
+        else {
+            return;
+        };
+        if user.groups.iter().any(|g| g == "system:masters") {
+            return;
+        }
+        if let Ok(mut granted) = self.granted.lock() {
+            granted.push(Granted {
+                user: user.name.clone(),
+                verb: verb.clone(),
+                group: group.clone(),
+                resource: resource.clone(),
+                subresource: subresource.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -561,6 +605,7 @@ impl Api {
         if !auth::authorize(&self.lock(), user, &attributes) {
             return Err(auth::forbidden(user, &attributes));
         }
+        self.note_granted(user, &attributes);
         let output = negotiate(&request.accept, &request.query)?;
         if target.kind.behaviour == Behaviour::WhoAmI {
             return match (request.method, &target.name) {

@@ -29,4 +29,5 @@ mod tls;
 mod typed;
 mod watch;
 
+pub use api::Granted;
 pub use server::{ApiServer, Options, kubeconfig_yaml};

@@ -198,6 +198,17 @@ impl ApiServer {
     pub fn resource_version(&self) -> u64 {
         self.shared.api.lock().resource_version()
     }
+
+    /// Every resource request RBAC allowed `user` (e.g.
+    /// `system:serviceaccount:NS:NAME`) so far, in order.
+    pub fn granted(&self, user: &str) -> Vec<crate::api::Granted> {
+        self.shared
+            .api
+            .granted
+            .lock()
+            .map(|g| g.iter().filter(|r| r.user == user).cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for ApiServer {
