@@ -193,7 +193,7 @@ start_controller() { # identity admin_port namespace lease_name
     --lease-namespace "$3" --lease-name "$4" ${CONTROLLER_ARGS:-} >"$OUT/controller-$1.log" 2>&1 &
   local pid=$!; BENCH_PIDS+=("$pid")
   eval "CTL_PID_$2=$pid"
-  wait_until 20 curl -fsS -m 1 -o /dev/null "http://$HOST:$2/readyz" \
+  wait_until 20 curl -fs -m 1 -o /dev/null "http://$HOST:$2/readyz" \
     || die "controller $1 not ready (see $OUT/controller-$1.log)"
 }
 ctl_pid() { eval echo "\$CTL_PID_$1"; }
@@ -215,7 +215,7 @@ start_sidecar() { # name ns pair listen admin
 }
 sc_pid() { eval echo "\$SC_PID_$1"; }
 sidecar_on() { # admin endpoint: ready and routing to endpoint
-  curl -fsS -m 1 -o /dev/null "http://$HOST:$1/readyz" 2>/dev/null \
+  curl -fs -m 1 -o /dev/null "http://$HOST:$1/readyz" \
     && [ "$(curl -fsS -m 1 "http://$HOST:$1/status" 2>/dev/null | jq -r '.master // ""')" = "$2" ]
 }
 # The first line of a log matching a pattern whose timestamp is after t_ns, as unix ns.
@@ -231,13 +231,21 @@ first_log_after() { # file t_ns pattern
 # --- CPU and RSS windows --------------------------------------------------------------------
 printf 'key\tvalue\n' >"$OUT/summary.tsv"
 summary() { printf '%s\t%s\n' "$1" "$2" >>"$OUT/summary.tsv"; log "  $1 = $2"; }
-printf 'part\tprocess\tphase\twindow_s\tcpu_ticks\tcpu_pct\trss_kb\thwm_kb\tnote\n' >"$OUT/footprint.tsv"
-# measure_idle PART PHASE SECONDS name=pid...: CPU over the window, RSS at its end, peak RSS
+printf 'part\tprocess\tphase\twindow_s\tcpu_ticks\tcpu_pct\trss_kb\trss_anon_kb\thwm_kb\tnote\n' >"$OUT/footprint.tsv"
+# A group of processes, "pid,pid,...": CPU ticks and /proc status fields (kB) summed.
+group_ticks() { local p s=0; for p in ${1//,/ }; do s=$(( s + $(cpu_ticks "$p") )); done; echo "$s"; }
+group_status() { # field pids
+  local p s=0 v
+  for p in ${2//,/ }; do v=$(awk -v f="$1:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null); s=$(( s + ${v:-0} )); done
+  echo "$s"
+}
+# measure_idle PART PHASE SECONDS name=pid[,pid...]...: CPU over the window, RSS at its end (all of it,
+# and the anonymous part: heap and stacks, what no other process shares), peak RSS
 measure_idle() {
   local part=$1 phase=$2 secs=$3; shift 3
   local -A t0
   local np m0 m1
-  for np in "$@"; do t0[$np]=$(cpu_ticks "${np#*=}"); done
+  for np in "$@"; do t0[$np]=$(group_ticks "${np#*=}"); done
   m0=$(machine_jiffies)
   sleep "$secs"
   m1=$(machine_jiffies)
@@ -245,10 +253,10 @@ measure_idle() {
   local machine_pct; machine_pct=$(awk -v b="$busy" -v i="$idle" 'BEGIN {printf "%.1f", 100 * b / (b + i)}')
   for np in "$@"; do
     local pid=${np#*=} ticks
-    ticks=$(( $(cpu_ticks "$pid") - ${t0[$np]} ))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "${np%%=*}" "$phase" "$secs" "$ticks" \
+    ticks=$(( $(group_ticks "$pid") - ${t0[$np]} ))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "${np%%=*}" "$phase" "$secs" "$ticks" \
       "$(awk -v t="$ticks" -v s="$secs" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", 100 * t / hz / s}')" \
-      "$(rss_kb "$pid")" "$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")" \
+      "$(group_status VmRSS "$pid")" "$(group_status RssAnon "$pid")" "$(group_status VmHWM "$pid")" \
       "machine busy ${machine_pct}% of both cores" >>"$OUT/footprint.tsv"
   done
   log "  $part $phase: ${secs}s window, machine busy ${machine_pct}%"
@@ -313,7 +321,7 @@ fo_round() { # fault round
       $WRITER_TIMEOUTS --duration-s 300 --log "${wlogs[i]}" &
     wpids[i]=$!; BENCH_PIDS+=("${wpids[i]}")
   done
-  sleep 1.5
+  fault_phase_sleep
 
   local t_fault t_sent_after handover_ms=NA
   t_fault=$(now_ns)
@@ -379,6 +387,9 @@ fo_round() { # fault round
     log "  $(printf '%-6s' "$fault") round $round sidecar $i: recovery_ms max_gap_ms acked failed lost_pre lost_all = $(tr '\t' ' ' <<<"$res") published_ms=$published_ms routed_ms=$routed_ms handover_ms=$handover_ms settle_ms=$settle_ms ${note}"
   done
 }
+# 1.5 s of writes before the fault, plus 0-9 ms: the writers tick every 10 ms from their start,
+# so a fault exactly 1.5 s after it would always meet a write in flight.
+fault_phase_sleep() { sleep "$(awk -v r="$RANDOM" 'BEGIN {printf "%.3f", 1.5 + (r % 10) / 1000}')"; }
 role_at() { redis-cli -h "$1" -p "$2" ROLE 2>/dev/null | head -1; }
 
 stop_failover_part() { # SIGTERM: the leader hands its Lease over, sidecars drain
@@ -422,11 +433,12 @@ run_pairs_part() {
   sleep 6   # the write fences go up 5 s after a replica is in sync; let that pass too
 
   local rec0 wr0; rec0=$(metric_sum "$leader" 'redispair_controller_reconciles_total') wr0=$(metric_sum "$leader" 'redispair_controller_api_writes_total')
-  measure_idle pairs "$PAIRS pairs Healthy, idle" "$IDLE_S" "controller-leader=$lpid" "controller-follower=$fpid" "test-apiserver=$APISERVER_PID"
+  local servers="" r
+  for n in $(seq 1 "$PAIRS"); do for r in 0 1; do servers+="${servers:+,}${POD_PID[$PR_NS/p$n-$r]}"; done; done
+  measure_idle pairs "$PAIRS pairs Healthy, idle" "$IDLE_S" "controller-leader=$lpid" "controller-follower=$fpid" \
+    "test-apiserver=$APISERVER_PID" "redis-servers ($((2 * PAIRS)), together)=$servers"
   summary idle_reconciles "$(( $(metric_sum "$leader" 'redispair_controller_reconciles_total') - rec0 ))"
   summary idle_api_writes "$(( $(metric_sum "$leader" 'redispair_controller_api_writes_total') - wr0 ))"
-  local r
-  summary redis_servers_rss_kb_total "$(for n in $(seq 1 "$PAIRS"); do for r in 0 1; do rss_kb "${POD_PID[$PR_NS/p$n-$r]}"; done; done | awk '{s += $1} END {print s}')"
 
   # One sidecar and one writer per pair to be killed.
   local wpids=() wlogs=() prefixes=() masters=() pods=()
@@ -443,7 +455,7 @@ run_pairs_part() {
       $WRITER_TIMEOUTS --duration-s 300 --log "${wlogs[n]}" &
     wpids[n]=$!; BENCH_PIDS+=("${wpids[n]}")
   done
-  sleep 1.5
+  fault_phase_sleep
   local c0; c0=$(cpu_ticks "$lpid")
   local t_fault t_sent_after; t_fault=$(now_ns)
   for n in $(seq 1 "$KILL_PAIRS"); do kill -KILL "${POD_PID[$PR_NS/${pods[n]}]}"; done

@@ -59,7 +59,7 @@ if fo:
     fault_name = {"kill": "kill -9 of the master's redis-server", "delete": "graceful deletion of the master pod"}
     print("### Failover through three sidecars (each round, each sidecar)\n")
     print("| fault | rounds × sidecars | writes flow again after, ms (median / max) | published after, ms "
-          "(median / max) | sidecar routes after, ms (median / max) | handed over after, ms (median / max) "
+          "(median / max) | sidecar routes after, ms (median / max) | handed over after (as the kubelet's polling saw it), ms (median / max) "
           "| longest ack gap, ms (median / max) | failed writes (total) | lost acked before fault (total / max) "
           "| lost acked, whole round (total / max) | settled after, ms (median / max) | target | notes |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
@@ -99,7 +99,7 @@ if kill and peer_kill:
     local = nums(peer_kill.get("redis-pair", []), "recovery_ms")
 
     def ratio(v, base):
-        return f"{statistics.median(v) / statistics.median(base):.3f}" if v and base and statistics.median(base) > 0 else "n/a"
+        return f"{statistics.median(v) / statistics.median(base):.3g}" if v and base and statistics.median(base) > 0 else "n/a"
 
     rows = [("redis-pair on Kubernetes (controller + 3 sidecars)", fo["kill"], kill)]
     if "redis-pair" in peer_kill:
@@ -110,7 +110,7 @@ if kill and peer_kill:
         label = f"{len({r['round'] for r in rs})} × {len(rs) // max(len({r['round'] for r in rs}), 1)}" if rs is fo["kill"] else str(len(rs))
         print(f"| {name} | {label} | {mm(v)} | {ratio(v, sent)} | {ratio(v, local)} | {int(sum(nums(rs, 'lost_all')))} |")
     if sent and kill:
-        print(f"\nredis-pair on Kubernetes resumes writes in {statistics.median(kill) / statistics.median(sent):.3f}× "
+        print(f"\nredis-pair on Kubernetes resumes writes in {statistics.median(kill) / statistics.median(sent):.3g}× "
               f"Sentinel's median time ({statistics.median(sent) / max(statistics.median(kill), 1):.0f}× faster)"
               + (f", {statistics.median(kill) / max(statistics.median(local), 1):.1f}× local mode's" if local else "")
               + ". No Redis operator runs here (it needs a cluster).")
@@ -128,11 +128,11 @@ def mib(kb):
 rs = fp_rows("failover")
 if rs:
     print("### The sidecar's footprint (and the controllers of one pair), idle\n")
-    print("| process | when | window s | CPU, % of one core | RSS MiB | peak RSS MiB (VmHWM) | machine |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| process | when | window s | CPU, % of one core | RSS MiB | of it anonymous MiB | peak RSS MiB (VmHWM) | machine |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rs:
         print(f"| {r['process']} | {r['phase']} | {r['window_s']} | {r['cpu_pct']} | {mib(r['rss_kb'])} | "
-              f"{mib(r['hwm_kb'])} | {r['note']} |")
+              f"{mib(r['rss_anon_kb'])} | {mib(r['hwm_kb'])} | {r['note']} |")
     sc = [r for r in rs if r["process"].startswith("sidecar") and "before" in r["phase"]]
     if sc:
         worst = max(int(r["rss_kb"]) for r in sc)
@@ -152,12 +152,12 @@ k10 = [r for (s, f), v in groups.items() if s.startswith("kube-") for r in v]
 if rs or k10:
     pairs = next((s.split("-", 1)[1] for (s, _f) in groups if s.startswith("kube-")), "?")
     print(f"### A controller with {pairs} pairs ({int(pairs) * 2 if pairs.isdigit() else '?'} redis-servers)\n")
-    print("| process | CPU idle, % of one core | RSS MiB | peak RSS MiB | RSS with no pairs MiB | machine |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| process | CPU idle, % of one core | RSS MiB | of it anonymous MiB | peak RSS MiB | RSS with no pairs MiB | machine |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rs:
         none = {"controller-leader": summary.get("controller_leader_rss_kb_no_pairs"),
                 "controller-follower": summary.get("controller_follower_rss_kb_no_pairs")}.get(r["process"])
-        print(f"| {r['process']} | {r['cpu_pct']} | {mib(r['rss_kb'])} | {mib(r['hwm_kb'])} | "
+        print(f"| {r['process']} | {r['cpu_pct']} | {mib(r['rss_kb'])} | {mib(r['rss_anon_kb'])} | {mib(r['hwm_kb'])} | "
               f"{mib(none) if none else '-'} | {r['note']} |")
     lead = next((r for r in rs if r["process"] == "controller-leader"), None)
     if lead and summary.get("controller_leader_rss_kb_no_pairs") and pairs.isdigit():
@@ -169,8 +169,7 @@ if rs or k10:
               f"(creating them took {summary.get('pairs_created_ms', '?')} ms).")
     if win and "idle_api_writes" in summary:
         print(f"While idle ({win:.0f} s): {summary['idle_api_writes']} API writes and "
-              f"{summary.get('idle_reconciles', '?')} reconciles by the leader; the {int(pairs) * 2 if pairs.isdigit() else '?'} "
-              f"redis-servers hold {mib(summary.get('redis_servers_rss_kb_total', ''))} MiB together.")
+              f"{summary.get('idle_reconciles', '?')} reconciles by the leader.")
     if k10:
         rec = nums(k10, "recovery_ms")
         fault = k10[0]["fault"]
@@ -182,7 +181,7 @@ if rs or k10:
               "| lost acked (total / max) | leader CPU s meanwhile | notes |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         cpu_s = summary.get("leader_cpu_s_during_failovers", "n/a")
-        print(f"| {len(k10)} | {mm(rec)} | {f'{max(rec):.0f}' if rec else 'n/a'} (script: {summary.get('all_writing_again_ms', '?')}) | "
+        print(f"| {len(k10)} | {mm(rec)} | {f'{max(rec):.0f}' if rec else 'n/a'} | "
               f"{mm(nums(k10, 'published_ms'))} | {mm(nums(k10, 'routed_ms'))} | {int(sum(nums(k10, 'failed')))} | "
               f"{total_max(nums(k10, 'lost_all'))} | {cpu_s} | {notes_of(k10)} |")
     print()
