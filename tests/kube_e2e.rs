@@ -712,6 +712,21 @@ async fn a_paused_pair_is_observed_and_reported_but_never_acted_on() {
         },
     )
     .await;
+    // Reported, though: what it would do.
+    eventually(
+        "the status says what it would do",
+        SETTLE_DEADLINE,
+        async || {
+            let status = pair_status(&kube, PAIR).await?;
+            let message = status["message"].as_str().unwrap_or("");
+            if message.contains(&format!("would promote {}", pods[1].endpoint())) {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
     kube.pairs()
         .patch(
             PAIR,
