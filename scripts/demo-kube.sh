@@ -63,6 +63,7 @@ start_redis() { # ip
   redis-server --port "$REDIS_PORT" --bind "$1" --save "" --appendonly no --dir "$WORK" \
     --dbfilename "dump-$1.rdb" --logfile "$WORK/redis-$1.log" --repl-diskless-sync-delay 0 &
   PIDS+=($!)
+  disown  # the show kills one with -9: no "Killed" notice from the shell
   wait_for "redis-server on $1" redis-cli -h "$1" -p "$REDIS_PORT" ping
 }
 pod() { # name ip: a Pod object for a redis-server, Running with that IP, as a kubelet reports it

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints and every test (unit, property, and end to end against
-# real redis-server processes on loopback). CI runs exactly this (.ci/run).
+# The test command: formatting, lints, the packaging checks and every test (unit, property,
+# and end to end against real redis-server processes on loopback, the real kubectl and helm,
+# and the project's test Kubernetes API server). CI runs exactly this (.ci/run).
 # On a fresh Debian machine it installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null; then
-  echo "==> installing redis-server (Debian package)"
+# redis-server for every end-to-end test; nft for the partition test (it cuts one Redis
+# pod off with nftables rules, so the tests run as root, as CI does).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server redis-tools)
+command -v nft >/dev/null || missing+=(nftables)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "==> kubectl and helm (pinned, for the test API server's tests)"

@@ -35,6 +35,15 @@ fn spec_for(pods: &[RedisPod]) -> RedisPairSpec {
     spec
 }
 
+/// A sidecar for the pair, reading it with exactly what the chart's `sidecarAccess` grants.
+async fn sidecar(kube: &Kube) -> Sidecar {
+    let kubeconfig = support::cluster::chart_sidecar_kubeconfig(kube).await;
+    Sidecar::builder(kube, PAIR)
+        .kubeconfig(&kubeconfig)
+        .start()
+        .await
+}
+
 /// The role a server reports (`master`, `slave`), or why it could not tell.
 async fn role(server: &RedisServer) -> Result<String, String> {
     let info = server.info("replication").await?;
@@ -132,7 +141,7 @@ async fn master_killed_is_failed_over_every_sidecar_follows_and_it_rejoins_as_a_
     await_kubectl_shows(&kube, "cache-0", epoch, "Healthy").await;
     let mut sidecars = Vec::new();
     for _ in 0..3 {
-        let sidecar = Sidecar::builder(&kube, PAIR).start().await;
+        let sidecar = sidecar(&kube).await;
         sidecar.await_ready(SETTLE_DEADLINE).await;
         sidecars.push(sidecar);
     }
@@ -203,7 +212,7 @@ async fn master_killed_is_failed_over_every_sidecar_follows_and_it_rejoins_as_a_
 #[tokio::test]
 async fn master_pod_deleted_is_handed_over_before_it_stops_and_no_acknowledged_write_is_lost() {
     let (kube, mut pods, _controllers, epoch) = cluster(2, &["a"]).await;
-    let sidecar = Sidecar::builder(&kube, PAIR).start().await;
+    let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
     let writers = Writers::start(sidecar.proxy_addr(), "w", 4);
     eventually("writes flow", SETTLE_DEADLINE, async || {
@@ -337,7 +346,7 @@ async fn a_master_a_dead_leader_promoted_but_never_published_is_kept() {
 #[tokio::test]
 async fn an_api_server_outage_of_30s_keeps_traffic_flowing_and_failover_works_after_it() {
     let (kube, mut pods, _controllers, epoch) = cluster(2, &["a", "b"]).await;
-    let sidecar = Sidecar::builder(&kube, PAIR).start().await;
+    let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
 
     kube.refuse_connections_for(Duration::from_secs(30)).await;
@@ -380,7 +389,7 @@ async fn an_api_server_outage_of_30s_keeps_traffic_flowing_and_failover_works_af
 #[tokio::test]
 async fn switchover_annotation_under_concurrent_writes_loses_no_acknowledged_write() {
     let (kube, pods, _controllers, epoch) = cluster(2, &["a", "b"]).await;
-    let sidecar = Sidecar::builder(&kube, PAIR).start().await;
+    let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
     let writers = Writers::start(sidecar.proxy_addr(), "w", 4);
     eventually("writes flow", SETTLE_DEADLINE, async || {
@@ -472,7 +481,7 @@ async fn switchover_annotation_under_concurrent_writes_loses_no_acknowledged_wri
 #[tokio::test]
 async fn a_stale_annotation_naming_a_replica_is_refused_by_sidecars_and_corrected() {
     let (kube, pods, _controllers, epoch) = cluster(2, &["a"]).await;
-    let sidecar = Sidecar::builder(&kube, PAIR).start().await;
+    let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
 
     // Someone writes the annotations by hand, naming the replica under a higher epoch.
@@ -699,6 +708,21 @@ async fn a_paused_pair_is_observed_and_reported_but_never_acted_on() {
             match published(&kube, PAIR).await? {
                 (_, e) if e == epoch => Ok(()),
                 other => Err(format!("published {other:?}")),
+            }
+        },
+    )
+    .await;
+    // Reported, though: what it would do.
+    eventually(
+        "the status says what it would do",
+        SETTLE_DEADLINE,
+        async || {
+            let status = pair_status(&kube, PAIR).await?;
+            let message = status["message"].as_str().unwrap_or("");
+            if message.contains(&format!("would promote {}", pods[1].endpoint())) {
+                Ok(())
+            } else {
+                Err(status.to_string())
             }
         },
     )

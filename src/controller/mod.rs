@@ -531,14 +531,15 @@ async fn reconcile(pair: Arc<RedisPair>, ctx: Arc<Context>) -> Result<Action, Re
         secret: lookup,
         running: ctx.pairs.is_running(&key).await,
     };
-    let outcome = match validate::validate(&observed) {
+    let (outcome, action) = match validate::validate(&observed) {
         Err(invalid) => {
             ctx.pairs.stop(&key).await;
             ctx.pairs
                 .report_invalid(&pair, &invalid)
                 .await
                 .map_err(ReconcileError::Status)?;
-            "invalid"
+            // It waits for a change of it, its pods or its Secret: no retry storm.
+            ("invalid", Action::await_change())
         }
         Ok(desired) => {
             ctx.pairs
@@ -546,7 +547,7 @@ async fn reconcile(pair: Arc<RedisPair>, ctx: Arc<Context>) -> Result<Action, Re
                 .await
                 .map_err(ReconcileError::Start)?;
             ctx.pairs.switchover(&pair).await;
-            "ok"
+            ("ok", Action::requeue(RESYNC_EVERY))
         }
     };
     ctx.metrics
@@ -556,12 +557,7 @@ async fn reconcile(pair: Arc<RedisPair>, ctx: Arc<Context>) -> Result<Action, Re
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from_obj(pair.as_ref()));
     }
-    // An invalid pair waits for a change of it, its pods or its Secret: no retry storm.
-    Ok(if outcome == "invalid" {
-        Action::await_change()
-    } else {
-        Action::requeue(RESYNC_EVERY)
-    })
+    Ok(action)
 }
 
 /// Transient failures are retried soon, backing off from 1 s to 8 s: this is failover.

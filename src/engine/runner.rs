@@ -235,6 +235,8 @@ pub struct Engine<P> {
     /// A leaving master's hand-over failed: the next try waits until then, since each one
     /// pauses writes for up to `switchover_timeout`.
     handover_retry_at: Option<Instant>,
+    /// While paused: what the engine would do now, if anything.
+    would_do: Option<String>,
 }
 
 /// The subscription channel watchers hold; nothing is ever published on it.
@@ -288,6 +290,7 @@ impl<P: Publisher> Engine<P> {
             last_failover: None,
             waiting: None,
             handover_retry_at: None,
+            would_do: None,
         };
         engine.refresh_status();
         let handle = EngineHandle {
@@ -501,8 +504,12 @@ impl<P: Publisher> Engine<P> {
 
     /// What a paused engine would do, for `/status` and the RedisPair's status.
     fn note_paused(&mut self, plan: &Plan) {
-        if !plan.is_noop() && self.waiting.is_none() {
-            debug!(?plan, "paused: not acting");
+        let would = (!plan.is_noop()).then(|| describe_plan(plan));
+        if would != self.would_do {
+            if let Some(would) = &would {
+                info!("paused: would {would}");
+            }
+            self.would_do = would;
         }
     }
 
@@ -797,13 +804,14 @@ impl<P: Publisher> Engine<P> {
             .collect::<Vec<_>>();
         self.update_metrics(&published, &servers);
         let waiting = if self.config.paused {
-            Some(
-                self.waiting
-                    .as_ref()
-                    .map_or("paused (observing only)".to_owned(), |w| {
-                        format!("paused (observing only); {}", describe_waiting(w))
-                    }),
-            )
+            let mut said = "paused (observing only)".to_owned();
+            if let Some(would) = &self.would_do {
+                said.push_str(&format!("; would {would}"));
+            }
+            if let Some(waiting) = &self.waiting {
+                said.push_str(&format!("; {}", describe_waiting(waiting)));
+            }
+            Some(said)
         } else {
             self.waiting.as_ref().map(describe_waiting)
         };
@@ -1121,6 +1129,37 @@ fn known_member(members: &[&Member], host: &str, port: u16) -> Option<Endpoint> 
                     || ip.is_some_and(|ip| m.addrs.iter().any(|a| a.ip() == ip)))
         })
         .map(|m| m.endpoint.clone())
+}
+
+/// A plan in words: "promote 10.0.0.2:6379, publish it as master under epoch 5 (master-down)".
+fn describe_plan(plan: &Plan) -> String {
+    let mut steps = Vec::new();
+    if let Some(server) = &plan.promote {
+        steps.push(format!("promote {server}"));
+    }
+    if let Some((server, fence)) = &plan.fence {
+        steps.push(format!(
+            "set min-replicas-to-write {} on {server}",
+            fence.to_write
+        ));
+    }
+    if let Some((next, reason)) = &plan.publish {
+        steps.push(match &next.master {
+            Some(master) => format!(
+                "publish {master} as master under epoch {} ({})",
+                next.epoch,
+                reason.as_str()
+            ),
+            None => format!("publish no master under epoch {}", next.epoch),
+        });
+    }
+    for (server, master) in &plan.replicate {
+        steps.push(format!("make {server} a replica of {master}"));
+    }
+    if let Some(target) = &plan.switch_over {
+        steps.push(format!("hand the master over to {target}"));
+    }
+    steps.join(", ")
 }
 
 fn describe_waiting(waiting: &Waiting) -> String {

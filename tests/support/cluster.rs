@@ -458,40 +458,91 @@ pub const CONTROLLER_ACCOUNT: &str = "redis-pair-controller";
 /// namespace with kubectl; returns a token of the controller's ServiceAccount. The controller
 /// then gets exactly what the chart grants, and a rule missing from the chart fails the tests.
 pub async fn chart_rbac(kube: &Kube) -> String {
+    apply_chart_rbac(kube, CONTROLLER_ACCOUNT, &[]).await;
+    kube.server()
+        .service_account_token(kube.namespace(), CONTROLLER_ACCOUNT)
+}
+
+/// An application's ServiceAccount, whose pods run the sidecar.
+pub const APP_ACCOUNT: &str = "app";
+
+/// A kubeconfig for sidecars as the chart lets them read RedisPairs: `sidecarAccess` naming
+/// the fixture's namespace and the ServiceAccount `app` (which the application, not the chart,
+/// creates; so does this).
+pub async fn chart_sidecar_kubeconfig(kube: &Kube) -> PathBuf {
+    let namespace = kube.namespace();
+    let flags = [
+        "--set".to_owned(),
+        format!("sidecarAccess[0].namespace={namespace}"),
+        "--set".to_owned(),
+        format!("sidecarAccess[0].serviceAccounts[0]={APP_ACCOUNT}"),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(kube.client(), kube.namespace());
+        Api::namespaced(kube.client(), namespace);
     if accounts
-        .get_opt(CONTROLLER_ACCOUNT)
+        .get_opt(APP_ACCOUNT)
         .await
         .expect("read ServiceAccounts")
         .is_none()
     {
-        let rbac: Vec<Value> = rendered_chart(kube.namespace(), &[])
-            .into_iter()
-            .filter(|o| {
-                matches!(
-                    o["kind"].as_str(),
-                    Some(
-                        "ServiceAccount"
-                            | "ClusterRole"
-                            | "ClusterRoleBinding"
-                            | "Role"
-                            | "RoleBinding"
-                    )
-                )
-            })
-            .collect();
-        assert!(!rbac.is_empty(), "the chart renders RBAC objects");
-        // A stream of documents, as `helm template | kubectl apply -f -` gives kubectl.
-        let stream: String = rbac.iter().map(|o| format!("---\n{o}\n")).collect();
-        let file = kube.kubeconfig().with_file_name("chart-rbac.yaml");
-        std::fs::write(&file, stream).expect("write the RBAC objects");
-        kubectl(kube, &["apply", "-f", &file.display().to_string()])
+        let account = serde_json::from_value(json!({"metadata": {"name": APP_ACCOUNT}}))
+            .expect("a ServiceAccount");
+        accounts
+            .create(&PostParams::default(), &account)
             .await
-            .unwrap_or_else(|e| panic!("apply the chart's RBAC: {e}"));
+            .expect("create the app's ServiceAccount");
+        apply_chart_rbac(kube, APP_ACCOUNT, &flags).await;
     }
-    kube.server()
-        .service_account_token(kube.namespace(), CONTROLLER_ACCOUNT)
+    let path = kube.kubeconfig().with_file_name("sidecar-kubeconfig");
+    let token = kube.server().service_account_token(namespace, APP_ACCOUNT);
+    std::fs::write(
+        &path,
+        test_apiserver::kubeconfig_yaml(&kube.server().url(), None, &token),
+    )
+    .expect("write the sidecar's kubeconfig");
+    path
+}
+
+/// Applies the RBAC objects of `helm template` with `flags` (for `account`, in a file of its
+/// own), once.
+async fn apply_chart_rbac(kube: &Kube, account: &str, flags: &[&str]) {
+    let file = kube
+        .kubeconfig()
+        .with_file_name(format!("chart-rbac-{account}.yaml"));
+    if file.exists() {
+        return;
+    }
+    let rbac: Vec<Value> = rendered_chart(kube.namespace(), flags)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .filter(|o| {
+            // The sidecar's objects alone when asked for them; the controller's otherwise.
+            let sidecar = o["metadata"]["labels"]["app.kubernetes.io/component"] == "sidecar";
+            sidecar == (account == APP_ACCOUNT)
+        })
+        .collect();
+    assert!(
+        !rbac.is_empty(),
+        "the chart renders RBAC objects for {account}"
+    );
+    // A stream of documents, as `helm template | kubectl apply -f -` gives kubectl.
+    let stream: String = rbac.iter().map(|o| format!("---\n{o}\n")).collect();
+    std::fs::write(&file, stream).expect("write the RBAC objects");
+    kubectl(kube, &["apply", "-f", &file.display().to_string()])
+        .await
+        .unwrap_or_else(|e| panic!("apply the chart's RBAC for {account}: {e}"));
 }
 
 /// `helm template redis-pair charts/redis-pair --namespace NS [flags]`, as objects.
