@@ -21,7 +21,8 @@
 #             master (its log) and when each sidecar routed to it (the sidecar's log).
 #             Before the rounds and after them: CPU and RSS of the idle sidecars and controllers.
 #   peers     bench/failover.sh SYSTEMS="redis-pair sentinel" FAULTS=kill, ROUNDS rounds, in
-#             this run: Redis Sentinel and redis-pair local, for the ratios.
+#             this run: Redis Sentinel and redis-pair local, for the ratios; then local mode's
+#             planned switchover (SYSTEMS=redis-pair FAULTS=switchover) beside the pod deletion.
 #   pairs     PAIRS pairs (2 x PAIRS redis-servers, each pod on an address of its own) under
 #             two fresh controllers: time until all are Healthy, the controllers' idle CPU and
 #             RSS over IDLE_S, then KILL_PAIRS masters killed at once (kill -9), each pair
@@ -33,7 +34,8 @@
 #   IDLE_S (30, QUICK 10), PRESTOP_S=5 (the kubelet's longest wait before SIGTERM),
 #   PAIR_SPEC (JSON merged into every RedisPair's spec, e.g. '{"failover":{"probeInterval":
 #   "200ms"}}'; default: the CRD's defaults), SIDECAR_ARGS / CONTROLLER_ARGS (extra flags),
-#   PEER_SYSTEMS="redis-pair sentinel", BASE_PORT=17400 (bench/failover.sh keeps its own 17200),
+#   PEER_SYSTEMS="redis-pair sentinel", PEER_SWITCHOVER=1 (also local mode's planned switchover,
+#   beside the pod deletion), BASE_PORT=17400 (bench/failover.sh keeps its own 17200),
 #   SKIP_BUILD=1, PAIR_BIN, APISERVER_BIN, WRITER (a built failover_writer).
 # Output: a table on stdout; bench/out/kube-<time>/{results.tsv,footprint.tsv,summary.tsv,
 #   table.md,machine.txt,top.log,logs}, bench/failover.sh's own output under peers/.
@@ -433,12 +435,18 @@ run_pairs_part() {
   sleep 6   # the write fences go up 5 s after a replica is in sync; let that pass too
 
   local rec0 wr0; rec0=$(metric_sum "$leader" 'redispair_controller_reconciles_total') wr0=$(metric_sum "$leader" 'redispair_controller_api_writes_total')
+  curl -fsS -m 2 "http://$HOST:$leader/metrics" >"$OUT/leader-metrics-idle-start.txt"
   local servers="" r
   for n in $(seq 1 "$PAIRS"); do for r in 0 1; do servers+="${servers:+,}${POD_PID[$PR_NS/p$n-$r]}"; done; done
   measure_idle pairs "$PAIRS pairs Healthy, idle" "$IDLE_S" "controller-leader=$lpid" "controller-follower=$fpid" \
     "test-apiserver=$APISERVER_PID" "redis-servers ($((2 * PAIRS)), together)=$servers"
   summary idle_reconciles "$(( $(metric_sum "$leader" 'redispair_controller_reconciles_total') - rec0 ))"
   summary idle_api_writes "$(( $(metric_sum "$leader" 'redispair_controller_api_writes_total') - wr0 ))"
+  curl -fsS -m 2 "http://$HOST:$leader/metrics" >"$OUT/leader-metrics-idle-end.txt"
+  # which writes: the difference per series (kind and outcome)
+  summary idle_api_writes_by_kind "$(awk '$1 ~ /^redispair_controller_api_writes_total/ {
+      if (FNR == NR) { a[$1] = $2 } else if ($2 - a[$1] > 0) { d = $1; sub(/^[^{]*/, "", d); printf "%s%s %d", sep, d, $2 - a[$1]; sep = ", " } }' \
+    "$OUT/leader-metrics-idle-start.txt" "$OUT/leader-metrics-idle-end.txt")"
 
   # One sidecar and one writer per pair to be killed.
   local wpids=() wlogs=() prefixes=() masters=() pods=()
@@ -491,6 +499,13 @@ run_peers_part() {
   if ! SYSTEMS=$PEER_SYSTEMS FAULTS=kill ROUNDS=$ROUNDS SKIP_BUILD=1 PAIR_BIN=$PAIR_BIN WRITER=$WRITER \
       OUT=$OUT/peers QUICK=0 "$BENCH_DIR/failover.sh" >"$OUT/peers.log" 2>&1; then
     log "warning: bench/failover.sh failed (see $OUT/peers.log); no ratios"
+  fi
+  # The planned handover of local mode, beside the pod deletion (Sentinel's takes ~15 s a round).
+  if [ "${PEER_SWITCHOVER:-1}" = 1 ] && [[ " $PEER_SYSTEMS " == *" redis-pair "* ]]; then
+    log "peers: bench/failover.sh SYSTEMS=redis-pair FAULTS=switchover ROUNDS=$ROUNDS (log: $OUT/peers-switchover.log)"
+    SYSTEMS=redis-pair FAULTS=switchover ROUNDS=$ROUNDS SKIP_BUILD=1 PAIR_BIN=$PAIR_BIN WRITER=$WRITER \
+      OUT=$OUT/peers-switchover QUICK=0 "$BENCH_DIR/failover.sh" >"$OUT/peers-switchover.log" 2>&1 \
+      || log "warning: bench/failover.sh (switchover) failed (see $OUT/peers-switchover.log)"
   fi
 }
 

@@ -49,6 +49,7 @@ results = read_tsv(f"{out}/results.tsv")
 footprint = read_tsv(f"{out}/footprint.tsv")
 summary = {r["key"]: r["value"] for r in read_tsv(f"{out}/summary.tsv")}
 peers = read_tsv(f"{out}/peers/results.tsv")
+peer_switchover = [r for r in read_tsv(f"{out}/peers-switchover/results.tsv") if r["fault"] == "switchover"]
 groups = defaultdict(list)
 for r in results:
     groups[(r["system"], r["fault"])].append(r)
@@ -116,6 +117,21 @@ if kill and peer_kill:
               + ". No Redis operator runs here (it needs a cluster).")
     print()
 
+# --- planned handover, side by side --------------------------------------------------------
+if fo.get("delete") and peer_switchover:
+    print("### Planned handover, side by side (same run)\n")
+    print("| system | handover | rounds | longest ack gap, ms (median / max) | failed writes (total; per writer and round) "
+          "| lost acked (total) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, how, rs in (("redis-pair on Kubernetes (3 sidecars)", "pod deleted (graceful)", fo["delete"]),
+                          ("redis-pair local (`bench/failover.sh`)", "`POST /switchover`", peer_switchover)):
+        failed = sum(nums(rs, "failed"))
+        rounds = len({r["round"] for r in rs})
+        label = f"{rounds} × {len(rs) // max(rounds, 1)}" if rs is fo["delete"] else str(rounds)
+        print(f"| {name} | {how} | {label} | {mm(nums(rs, 'max_gap_ms'))} | {int(failed)}; {failed / max(len(rs), 1):.2f} "
+              f"| {int(sum(nums(rs, 'lost_all')))} |")
+    print()
+
 # --- CPU and RSS ---------------------------------------------------------------------------
 def fp_rows(part):
     return [r for r in footprint if r["part"] == part and r["cpu_pct"]]
@@ -169,7 +185,8 @@ if rs or k10:
               f"(creating them took {summary.get('pairs_created_ms', '?')} ms).")
     if win and "idle_api_writes" in summary:
         print(f"While idle ({win:.0f} s): {summary['idle_api_writes']} API writes and "
-              f"{summary.get('idle_reconciles', '?')} reconciles by the leader.")
+              f"{summary.get('idle_reconciles', '?')} reconciles by the leader"
+              + (f" (writes: {summary['idle_api_writes_by_kind']})" if summary.get("idle_api_writes_by_kind") else "") + ".")
     if k10:
         rec = nums(k10, "recovery_ms")
         fault = k10[0]["fault"]
