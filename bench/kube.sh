@@ -28,8 +28,8 @@
 #             RSS over IDLE_S, then KILL_PAIRS masters killed at once (kill -9), each pair
 #             written through a sidecar of its own: time until every one takes writes again.
 #
-#   bench/kube.sh             10 rounds, 50 pairs, 30 s idle windows (about 12 min)
-#   QUICK=1 bench/kube.sh     3 rounds, 10 s idle windows (about 5 min)
+#   bench/kube.sh             10 rounds, 50 pairs, 30 s idle windows (about 8 min)
+#   QUICK=1 bench/kube.sh     3 rounds, 10 s idle windows (about 3 min)
 # Knobs: ROUNDS, FAULTS="kill delete", PARTS="failover peers pairs", PAIRS=50, KILL_PAIRS=10,
 #   IDLE_S (30, QUICK 10), PRESTOP_S=5 (the kubelet's longest wait before SIGTERM),
 #   PAIR_SPEC (JSON merged into every RedisPair's spec, e.g. '{"failover":{"probeInterval":
@@ -91,7 +91,7 @@ fi
 [ -x "$APISERVER_BIN" ] || die "no test API server at $APISERVER_BIN"
 {
   machine_info
-  echo "test-apiserver: $(date -r "$APISERVER_BIN" +%FT%T)"
+  echo "binaries: $PAIR_BIN, $APISERVER_BIN (built $(date -r "$APISERVER_BIN" +%FT%T)), writer $WRITER"
   echo "uptime at start: $(uptime)"
   echo "top at start:"; top -bn1 -o %CPU | sed -n '7,14p'
 } | tee "$OUT/machine.txt" >&2
