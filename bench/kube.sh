@@ -494,17 +494,32 @@ run_pairs_part() {
 }
 
 # --- part 2: the peers, by bench/failover.sh ------------------------------------------------
+# bench/failover.sh cleans up its own processes on SIGTERM; on our exit it gets that, and the
+# time to finish, before our cleanup signals anything else.
+PEERS_PID=""
+stop_peers() {
+  [ -n "$PEERS_PID" ] || return 0
+  kill -TERM "$PEERS_PID" 2>/dev/null || true
+  wait_until 10 gone "$PEERS_PID" || true
+}
+trap 'stop_peers; cleanup' EXIT
+run_failover_sh() { # out_dir log systems faults
+  SYSTEMS=$3 FAULTS=$4 ROUNDS=$ROUNDS SKIP_BUILD=1 PAIR_BIN=$PAIR_BIN WRITER=$WRITER OUT=$1 QUICK=0 \
+    "$BENCH_DIR/failover.sh" >"$2" 2>&1 &
+  PEERS_PID=$!
+  local rc=0
+  wait "$PEERS_PID" || rc=$?
+  PEERS_PID=""
+  return "$rc"
+}
 run_peers_part() {
   log "peers: bench/failover.sh SYSTEMS=\"$PEER_SYSTEMS\" FAULTS=kill ROUNDS=$ROUNDS (log: $OUT/peers.log)"
-  if ! SYSTEMS=$PEER_SYSTEMS FAULTS=kill ROUNDS=$ROUNDS SKIP_BUILD=1 PAIR_BIN=$PAIR_BIN WRITER=$WRITER \
-      OUT=$OUT/peers QUICK=0 "$BENCH_DIR/failover.sh" >"$OUT/peers.log" 2>&1; then
-    log "warning: bench/failover.sh failed (see $OUT/peers.log); no ratios"
-  fi
+  run_failover_sh "$OUT/peers" "$OUT/peers.log" "$PEER_SYSTEMS" kill \
+    || log "warning: bench/failover.sh failed (see $OUT/peers.log); no ratios"
   # The planned handover of local mode, beside the pod deletion (Sentinel's takes ~15 s a round).
   if [ "${PEER_SWITCHOVER:-1}" = 1 ] && [[ " $PEER_SYSTEMS " == *" redis-pair "* ]]; then
     log "peers: bench/failover.sh SYSTEMS=redis-pair FAULTS=switchover ROUNDS=$ROUNDS (log: $OUT/peers-switchover.log)"
-    SYSTEMS=redis-pair FAULTS=switchover ROUNDS=$ROUNDS SKIP_BUILD=1 PAIR_BIN=$PAIR_BIN WRITER=$WRITER \
-      OUT=$OUT/peers-switchover QUICK=0 "$BENCH_DIR/failover.sh" >"$OUT/peers-switchover.log" 2>&1 \
+    run_failover_sh "$OUT/peers-switchover" "$OUT/peers-switchover.log" redis-pair switchover \
       || log "warning: bench/failover.sh (switchover) failed (see $OUT/peers-switchover.log)"
   fi
 }
