@@ -228,6 +228,15 @@ fn decode_body(request: &Request) -> ApiResult<Value> {
         "" | "application/json" | "*/*" => serde_json::from_slice(&request.body).map_err(|e| {
             Status::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })?,
+        // As the real server: YAML is turned into JSON first.
+        "application/yaml" => std::str::from_utf8(&request.body)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                Status::bad_request(format!(
+                    "couldn't get version/kind; json parse error: error converting YAML to JSON: {e}"
+                ))
+            })?,
         other => return Err(Status::unsupported_media_type(other)),
     };
     if !value.is_object() {

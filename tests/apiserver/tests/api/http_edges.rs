@@ -171,6 +171,43 @@ async fn error_bodies_are_the_real_status_objects() {
 }
 
 #[tokio::test]
+async fn a_yaml_body_is_taken_as_the_real_server_takes_it() {
+    let server = server().await;
+    let (code, created) = http_json(
+        &server,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  key: value\n",
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["data"]["key"], "value");
+    let (code, status) = http_json(
+        &server,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/yaml",
+        "metadata: [unclosed",
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{status}"
+    );
+    let (code, status) = http_json(
+        &server,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "text/plain",
+        "hello",
+    )
+    .await;
+    assert_eq!(code, 415, "{status}");
+}
+
+#[tokio::test]
 async fn discovery_answers_as_a_1_33_server() {
     let server = server().await;
     let (_, version) = http_json(&server, "GET", "/version", "", "").await;
