@@ -19,7 +19,7 @@ use support::cluster::{
     published,
 };
 use support::kube::{Kube, Sidecar, spec_selecting};
-use support::writes::{Writers, assert_none_lost};
+use support::writes::{Writers, assert_none_lost, await_keys};
 use support::{Conn, RedisServer, SETTLE_DEADLINE, always, eventually};
 
 const PAIR: &str = "cache";
@@ -215,13 +215,7 @@ async fn master_pod_deleted_is_handed_over_before_it_stops_and_no_acknowledged_w
     let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
     let writers = Writers::start(sidecar.proxy_addr(), "w", 4);
-    eventually("writes flow", SETTLE_DEADLINE, async || {
-        match pods[0].server.dbsize().await? {
-            n if n >= 200 => Ok(()),
-            n => Err(format!("{n} keys")),
-        }
-    })
-    .await;
+    await_keys(&pods[0].server, 200).await;
 
     // What `kubectl delete pod` does; the pod's preStop hook (5 s here) keeps Redis serving
     // until the kubelet stops it.
@@ -236,15 +230,7 @@ async fn master_pod_deleted_is_handed_over_before_it_stops_and_no_acknowledged_w
     assert_eq!(new_epoch, epoch + 1);
 
     let keys_at_switch = pods[1].server.dbsize().await.expect("dbsize");
-    eventually(
-        "writes go on against the new master",
-        SETTLE_DEADLINE,
-        async || match pods[1].server.dbsize().await? {
-            n if n >= keys_at_switch + 200 => Ok(()),
-            n => Err(format!("{n} keys")),
-        },
-    )
-    .await;
+    await_keys(&pods[1].server, keys_at_switch + 200).await;
     let acked = writers.stop().await;
     assert_none_lost(&pods[1].server, &acked).await;
 
@@ -392,13 +378,7 @@ async fn switchover_annotation_under_concurrent_writes_loses_no_acknowledged_wri
     let sidecar = sidecar(&kube).await;
     sidecar.await_ready(SETTLE_DEADLINE).await;
     let writers = Writers::start(sidecar.proxy_addr(), "w", 4);
-    eventually("writes flow", SETTLE_DEADLINE, async || {
-        match pods[0].server.dbsize().await? {
-            n if n >= 200 => Ok(()),
-            n => Err(format!("{n} keys")),
-        }
-    })
-    .await;
+    await_keys(&pods[0].server, 200).await;
 
     kubectl(
         &kube,
@@ -414,15 +394,7 @@ async fn switchover_annotation_under_concurrent_writes_loses_no_acknowledged_wri
     let new_epoch = await_published(&kube, PAIR, &pods[1].endpoint(), epoch).await;
     assert_eq!(new_epoch, epoch + 1);
     let keys_at_switch = pods[1].server.dbsize().await.expect("dbsize");
-    eventually(
-        "writes go on against the new master",
-        SETTLE_DEADLINE,
-        async || match pods[1].server.dbsize().await? {
-            n if n >= keys_at_switch + 200 => Ok(()),
-            n => Err(format!("{n} keys")),
-        },
-    )
-    .await;
+    await_keys(&pods[1].server, keys_at_switch + 200).await;
     let acked = writers.stop().await;
     assert_none_lost(&pods[1].server, &acked).await;
 

@@ -8,7 +8,7 @@ pub mod support;
 
 use std::time::{Duration, Instant};
 
-use support::writes::{Writers, assert_none_lost};
+use support::writes::{Writers, assert_none_lost, await_keys};
 use support::{Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, always, eventually};
 
 /// A master with one caught-up replica.
@@ -486,22 +486,6 @@ async fn two_masters_at_startup_keep_the_one_with_more_keys() {
     assert_eq!(b.dbsize().await.unwrap(), 50, "B's data is kept");
 }
 
-async fn await_acked(acked_from: &RedisServer, min: i64) {
-    eventually(
-        &format!("at least {min} acknowledged writes"),
-        SETTLE_DEADLINE,
-        async || {
-            let n = acked_from.dbsize().await?;
-            if n >= min {
-                Ok(())
-            } else {
-                Err(format!("{n} keys"))
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
     let (a, b) = master_and_replica().await;
@@ -514,7 +498,7 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
     // Several writers keep more writes in flight at the moment of the switch, which is where
     // an unsafe switchover (no pause, no catch-up) loses acknowledged writes.
     let writers = Writers::start(pair.proxy_addr(), "w", 4);
-    await_acked(&a, 200).await;
+    await_keys(&a, 200).await;
 
     let (code, body) = pair.switchover(None).await;
     assert_eq!(code, 200, "POST /switchover: {body}");
@@ -522,7 +506,7 @@ async fn switchover_under_concurrent_writes_loses_no_acknowledged_write() {
     assert_eq!(body["epoch"].as_u64(), Some(epoch + 1), "{body}");
 
     let keys_at_switch = b.dbsize().await.unwrap();
-    await_acked(&b, keys_at_switch + 200).await; // the writers go on against B
+    await_keys(&b, keys_at_switch + 200).await; // the writers go on against B
     let acked = writers.stop().await;
     assert_none_lost(&b, &acked).await;
 

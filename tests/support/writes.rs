@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Conn, RedisServer};
+use super::{Conn, RedisServer, SETTLE_DEADLINE, eventually};
 
 /// Writes `SET <name>-<i> <name>-<i>` through `proxy` as fast as it can, reconnecting after
 /// any error, and returns the keys whose write was acknowledged with +OK.
@@ -62,6 +62,19 @@ impl Writers {
         }
         acked
     }
+}
+
+/// Waits until `server` holds at least `keys` keys: writers' writes have reached it.
+pub async fn await_keys(server: &RedisServer, keys: i64) {
+    eventually(
+        &format!("at least {keys} keys on {}", server.addr()),
+        SETTLE_DEADLINE,
+        async || match server.dbsize().await? {
+            n if n >= keys => Ok(()),
+            n => Err(format!("{n} keys")),
+        },
+    )
+    .await
 }
 
 /// The keys of `acked` that `server` does not hold with their own name as value.
