@@ -342,6 +342,7 @@ pub fn published(pair: &RedisPair) -> Result<Option<Published>, AnnotationError>
         epoch,
         master,
         run_id: None,
+        replid: None,
     }))
 }
 
@@ -405,7 +406,8 @@ mod tests {
             Ok(Some(Published {
                 epoch: 7,
                 master: Some(Endpoint::new("10.0.0.5", 6379)),
-                run_id: None
+                run_id: None,
+                replid: None,
             }))
         );
         let no_master = pair(&[(EPOCH_ANNOTATION, "8"), (ACTIVE_ANNOTATION, "")]);

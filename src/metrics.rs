@@ -49,6 +49,9 @@ pub struct CommandLabels {
 pub struct EngineMetrics {
     pub failovers: Family<ReasonLabel, Counter>,
     pub commands: Family<CommandLabels, Counter>,
+    /// Times the engine began to hold back although something is wrong, by why (the
+    /// `Waiting` kind: bounded).
+    pub blocked: Family<ReasonLabel, Counter>,
     /// Per-server gauges: only where one engine runs, so the server label is bounded by the
     /// configured servers. The controller runs an engine per pair and leaves these out.
     pub group: Option<GroupMetrics>,
@@ -81,6 +84,12 @@ impl EngineMetrics {
             "redis_commands",
             "Topology-changing Redis commands sent, by outcome",
             engine.commands.clone(),
+        );
+        registry.register(
+            "engine_blocked",
+            "Times the engine began holding back a failover or hand-over, by reason \
+             (no-candidate, no-switchover-target, candidate-behind, publication-unknown)",
+            engine.blocked.clone(),
         );
         if let Some(group) = &engine.group {
             registry.register(
@@ -384,6 +393,8 @@ label_values! {
         Refused => "refused",
         Timeout => "timeout",
         AuthFailed => "auth_failed",
+        /// The server refused a new connection: `maxclients` reached.
+        MaxClients => "max_clients",
         Error => "error",
     }
 }

@@ -171,6 +171,11 @@ impl Publisher for KubePublisher {
         };
         match self.patch(ApiWrite::Publish, json!(patch)).await {
             Ok(()) => Ok(()),
+            // No answer, a broken connection or a server-side failure: the patch may have
+            // been applied. The engine reads it back before it acts again.
+            Err(error) if !is_definite(&error) => Err(PublishError::Unknown(format!(
+                "writing the annotations: {error}"
+            ))),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => {
                 // The test failed: someone published after what this engine knew.
                 let (published, _) = self.published_now().await?;
@@ -190,8 +195,23 @@ impl Publisher for KubePublisher {
         }
     }
 
+    async fn read(&self) -> Result<Published, PublishError> {
+        let (published, _) = self.published_now().await?;
+        Ok(published.unwrap_or_default())
+    }
+
+    fn deadline(&self) -> Duration {
+        WRITE_TIMEOUT
+    }
+
     fn record(&self, event: EngineEvent) {
         let (type_, reason, action, note) = match event {
+            EngineEvent::Waiting(waiting) => (
+                EventType::Warning,
+                "FailoverBlocked",
+                "Failover",
+                crate::engine::runner::describe_waiting(&waiting),
+            ),
             EngineEvent::Published {
                 from,
                 to,
@@ -289,6 +309,12 @@ impl Publisher for KubePublisher {
         self.events
             .send(&self.reference, type_, reason, action, note);
     }
+}
+
+/// Whether a failed write certainly did not happen: the API server answered with a refusal
+/// (4xx). A timeout, a broken connection or a 5xx may hide an applied write.
+fn is_definite(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if (400..500).contains(&status.code))
 }
 
 /// Where Events go: a queue in front of kube-runtime's Recorder, so the engine never waits

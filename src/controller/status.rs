@@ -11,7 +11,7 @@ use crate::crd::{
     FailoverStatus, MasterStatus, Phase, RedisPairStatus, ReplicaStatus, SwitchoverStatus,
 };
 use crate::engine::Endpoint;
-use crate::engine::runner::Status;
+use crate::engine::runner::{Health, Status};
 use crate::engine::{FailureKind, Role};
 
 /// Which pod each member endpoint is.
@@ -37,7 +37,8 @@ pub fn running(
     };
     let master = engine.master.as_ref();
     let master_server = master.and_then(|m| engine.servers.iter().find(|s| &s.address == m));
-    let master_up = master_server.is_some_and(|s| s.health == "up" && s.role == Some(Role::Master));
+    let master_up =
+        master_server.is_some_and(|s| s.health == Health::Up && s.role == Some(Role::Master));
     let replicas: Vec<ReplicaStatus> = engine
         .servers
         .iter()
@@ -45,7 +46,7 @@ pub fn running(
         .map(|s| ReplicaStatus {
             pod: pod_of(&s.address),
             endpoint: s.address.to_string(),
-            link_up: s.health == "up"
+            link_up: s.health == Health::Up
                 && s.role == Some(Role::Replica)
                 && s.master.as_ref() == master
                 && s.link_up == Some(true),
@@ -258,7 +259,7 @@ pub fn role_labels(engine: &Status, pods: &PodIndex) -> BTreeMap<String, Option<
             let role = match server {
                 Some(_) if engine.master.as_ref() == Some(endpoint) => Some("master"),
                 Some(s)
-                    if s.health == "up"
+                    if s.health == Health::Up
                         && s.role == Some(Role::Replica)
                         && s.master.is_some()
                         && s.master == engine.master =>

@@ -123,6 +123,31 @@ pub struct RedisInfo {
     /// `min-replicas-to-write` and `min-replicas-max-lag`, read only when the engine manages
     /// write fencing (`None` when not read, or when CONFIG is not allowed).
     pub min_replicas: Option<MinReplicas>,
+    /// `master_replid`: the replication history this server's data belongs to. A replica that
+    /// synced from a master carries the master's; a promotion or a restart starts a new one.
+    /// How the engine tells "holds the published master's data" from "calls itself master".
+    pub replid: String,
+    /// `master_replid2`: the history a promoted replica came from (`None` when all zeros).
+    pub replid2: Option<String>,
+    /// A replica's full sync is under way (`master_sync_in_progress:1`): its dataset is about
+    /// to be replaced, so it is neither promoted nor handed the master.
+    pub sync_in_progress: bool,
+    /// A master's own view of its replicas (`slaveN:` lines that name a member): what they
+    /// acknowledged and how long ago. Truer than a replica's `master_link_status`, which
+    /// stays up for `repl-timeout` after the link is silently cut.
+    pub replicas: Vec<ReplicaLink>,
+}
+
+/// One replica as its master sees it (`slaveN:ip=..,port=..,state=online,offset=..,lag=..`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaLink {
+    pub endpoint: Endpoint,
+    /// `state=online`: the initial sync is done and the stream flows.
+    pub online: bool,
+    /// The offset the replica last acknowledged.
+    pub offset: u64,
+    /// Seconds since that acknowledgement (replicas acknowledge every second).
+    pub lag_secs: u64,
 }
 
 /// A master's write fence: with `to_write` > 0 it refuses writes (`-NOREPLICAS`) once fewer
@@ -146,6 +171,10 @@ pub enum FailureKind {
     Timeout,
     /// The server rejected our credentials: it is there but we cannot manage it.
     AuthFailed,
+    /// The server refuses new connections: `maxclients` is reached. It is alive and its
+    /// existing clients may still write to it, so it is never called down (failing it over
+    /// would make two masters); status says so, and a human must act.
+    MaxClients,
     /// Anything else (a protocol error, LOADING, ...).
     Error,
 }
@@ -156,6 +185,7 @@ impl FailureKind {
             FailureKind::Refused => "refused",
             FailureKind::Timeout => "timeout",
             FailureKind::AuthFailed => "auth-failed",
+            FailureKind::MaxClients => "max-clients",
             FailureKind::Error => "error",
         }
     }
@@ -182,6 +212,10 @@ pub struct ServerState {
     /// The server is going away (its pod is being deleted): it is never chosen as a new
     /// master, and a published master that is leaving is handed over by a planned switchover.
     pub leaving: bool,
+    /// What the server said the last time it answered (the same as the probe while it is up),
+    /// kept while it fails: a hung master's last view of its replicas, and how far a stalled
+    /// replica had got, are what keep the decision from promoting one that is behind.
+    pub last_seen: Option<RedisInfo>,
 }
 
 impl ServerState {
@@ -197,6 +231,12 @@ impl ServerState {
 ///
 /// The epoch increases by exactly one every time `master` changes (including to "none"), so a
 /// proxy that sees an epoch can tell whether it is newer than what it routes to.
+///
+/// `run_id` and `replid` name the *data* the group must keep: the process that was published
+/// and its replication history. They are persisted with the publication (so a new leader
+/// judges a restart the way the old one would) and are carried over when "no master" is
+/// published, so that the server that still holds the data is the one recognised when it
+/// answers again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     pub epoch: u64,
@@ -204,6 +244,10 @@ pub struct Published {
     /// The master's run_id when it was published: a different run_id later means the process
     /// restarted, possibly empty, and must not be trusted as master (see `decide`).
     pub run_id: Option<String>,
+    /// The master's `master_replid` as published (after its promotion): a server holds the
+    /// published data only if its history is this one (`None`: not known, as with a
+    /// publication written by an older redis-pair; the decision is then stricter).
+    pub replid: Option<String>,
 }
 
 /// Why the published master changed.
@@ -261,21 +305,79 @@ impl Reason {
 pub enum Waiting {
     /// The master is not answering but is not down yet.
     MasterFailing { master: Endpoint },
-    /// The master is down and no replica may be promoted (none up, or all priority 0).
-    NoCandidate,
+    /// The master is down and no server may be promoted; `unfit` says why each one may not.
+    NoCandidate { unfit: Vec<(Endpoint, Unfit)> },
     /// Nothing is published and some server is not answering yet: it may be the master.
     ServersFailing,
     /// Nothing is published and no server is up.
     NothingUp,
     /// The master is going away and no replica is ready to take over without losing writes
-    /// (none up, in sync with it, of non-zero priority and staying).
-    NoSwitchoverTarget { master: Endpoint },
+    /// (none up, in sync with it, of non-zero priority and staying); `unfit` says why not.
+    NoSwitchoverTarget {
+        master: Endpoint,
+        unfit: Vec<(Endpoint, Unfit)>,
+    },
+    /// The master is down and the best answering candidate is known to be behind a server
+    /// that is not answering yet: promoting it now would lose what the other one has.
+    CandidateBehind {
+        candidate: Endpoint,
+        ahead: Endpoint,
+    },
+    /// What was last published is not known (a write whose answer never came may have been
+    /// applied): nothing changes until it has been read back.
+    PublicationUnknown,
 }
 
-/// What the engine should do now. Execution order is fixed: `promote`, then `fence`, then
-/// (only if both succeeded) `publish`, then `replicate`, and last `switch_over`. At most one
-/// promotion and one publication per plan is a property of the type, not of the code that
-/// builds it.
+/// Why a server may not become the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unfit {
+    /// Not answering.
+    Down,
+    /// `replica-priority 0`: never promote.
+    PriorityZero,
+    /// Has not completed a sync since it started: it holds no data it got from a master.
+    NeverSynced,
+    /// A full sync is under way: its data is about to be replaced.
+    Syncing,
+    /// Its replication history is not the published master's (restarted empty, or another
+    /// group's data).
+    OtherHistory,
+    /// Its pod is being deleted.
+    Leaving,
+    /// It does not replicate from the master it would take over from, or its link is down.
+    NotReplicating,
+}
+
+/// Why each of these servers may not become the master, in one line.
+pub fn describe_unfit(unfit: &[(Endpoint, Unfit)]) -> String {
+    if unfit.is_empty() {
+        return "the group has no other server".into();
+    }
+    unfit
+        .iter()
+        .map(|(server, why)| format!("{server} {}", why.describe()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Unfit {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Unfit::Down => "not answering",
+            Unfit::PriorityZero => "replica-priority is 0 (never promote)",
+            Unfit::NeverSynced => "has not completed a sync since it started",
+            Unfit::Syncing => "a full sync is still in progress",
+            Unfit::OtherHistory => "holds another replication history (restarted empty?)",
+            Unfit::Leaving => "is leaving (its pod is being deleted)",
+            Unfit::NotReplicating => "does not replicate from the master, or its link is down",
+        }
+    }
+}
+
+/// What the engine should do now. Execution order is fixed: `reread` (alone), or `promote`,
+/// then `fence`, then (only if the promotion succeeded) `publish`, then `replicate`, and last
+/// `switch_over`. At most one promotion and one publication per plan is a property of the
+/// type, not of the code that builds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// `REPLICAOF NO ONE` on this server.
@@ -289,11 +391,23 @@ pub struct Plan {
     /// writes, wait until it has caught up, promote, publish, demote): the master is leaving.
     pub switch_over: Option<Endpoint>,
     pub waiting: Option<Waiting>,
+    /// Read the publication back before anything else: a write of it may have been applied
+    /// although its answer was lost.
+    pub reread: bool,
 }
 
 impl Plan {
+    /// Nothing to do but wait, for this reason.
+    pub fn waiting(waiting: Waiting) -> Self {
+        Self {
+            waiting: Some(waiting),
+            ..Self::default()
+        }
+    }
+
     pub fn is_noop(&self) -> bool {
-        self.promote.is_none()
+        !self.reread
+            && self.promote.is_none()
             && self.fence.is_none()
             && self.publish.is_none()
             && self.replicate.is_empty()

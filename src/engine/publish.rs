@@ -7,8 +7,9 @@
 //! the lease stops between two commands.
 
 use std::future::Future;
+use std::time::Duration;
 
-use super::model::{Endpoint, Published, Reason};
+use super::model::{Endpoint, Published, Reason, Waiting};
 
 /// What the engine tells the world, in the order it does things: `retract` the old master,
 /// promote, `publish` the new one. Only a successful `publish` counts: the engine never
@@ -35,6 +36,14 @@ pub trait Publisher: Send + Sync + 'static {
         reason: Reason,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
+    /// Reads what is published now from the authority itself (the controller: a quorum GET
+    /// of the RedisPair, never a cache). How an unknown outcome becomes known.
+    fn read(&self) -> impl Future<Output = Result<Published, PublishError>> + Send;
+
+    /// The longest one call of this publisher may take: part of how long a switchover keeps
+    /// the old master's writes paused.
+    fn deadline(&self) -> Duration;
+
     /// Something people may want to see happened (the controller turns it into a Kubernetes
     /// Event). Must not block.
     fn record(&self, event: EngineEvent) {
@@ -47,10 +56,14 @@ pub enum PublishError {
     /// What is published is newer than what the engine knew: it adopts `0` and decides again.
     #[error("a newer publication exists (epoch {}); this engine's view was stale", .0.epoch)]
     Superseded(Published),
-    /// Not published (the API server is unreachable, a write was refused, ...); the next
-    /// round tries again.
+    /// Certainly not published (the write was refused, or never sent); the next round tries
+    /// again.
     #[error("{0}")]
     Failed(String),
+    /// Sent, but no answer came (a timeout, a connection reset after sending): it may have
+    /// been applied. The engine reads the publication back before it acts again.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
 }
 
 /// What the engine did, for people: the controller's Events.
@@ -79,6 +92,9 @@ pub enum EngineEvent {
         to: Endpoint,
         error: String,
     },
+    /// The engine started waiting for this reason although something is wrong (a master that
+    /// cannot be handed over, no server that holds the data, ...): people must know.
+    Waiting(Waiting),
 }
 
 /// Local mode: publishing is the engine's own watch channel, which cannot fail.
@@ -97,5 +113,16 @@ impl Publisher for InProcess {
         _reason: Reason,
     ) -> Result<(), PublishError> {
         Ok(())
+    }
+
+    async fn read(&self) -> Result<Published, PublishError> {
+        // Never asked: an in-process publication cannot be unknown.
+        Err(PublishError::Failed(
+            "local mode keeps no publication outside the engine".into(),
+        ))
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::ZERO
     }
 }

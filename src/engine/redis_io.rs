@@ -11,7 +11,7 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
 };
 
-use super::model::{Endpoint, FailureKind, MinReplicas, RedisInfo, Role};
+use super::model::{Endpoint, FailureKind, MinReplicas, RedisInfo, ReplicaLink, Role};
 
 /// Credentials for the engine's own connections.
 #[derive(Clone, Default)]
@@ -56,7 +56,12 @@ impl RedisCallError {
 /// How a Redis call failed, the way the decision needs it: refused (the process is gone),
 /// timed out, credentials rejected, or anything else.
 pub fn classify(err: &redis::RedisError) -> FailureKind {
-    if err.is_connection_refusal() || err.is_connection_dropped() {
+    // Redis answers a connection over `maxclients` with this error and closes it; whatever
+    // command we sent first (AUTH included) fails with it. It is the server's wire text, the
+    // only place this is said.
+    if err.to_string().contains("max number of clients reached") {
+        FailureKind::MaxClients
+    } else if err.is_connection_refusal() || err.is_connection_dropped() {
         FailureKind::Refused
     } else if err.is_timeout() {
         FailureKind::Timeout
@@ -384,6 +389,25 @@ pub fn parse_info(
         other => return Err(format!("INFO has an unknown role {other:?}")),
     };
     let run_id = field("run_id").ok_or("INFO has no run_id")?.to_owned();
+    let replid = field("master_replid").unwrap_or_default().to_owned();
+    let replid2 = field("master_replid2")
+        .filter(|id| !id.is_empty() && id.bytes().any(|b| b != b'0'))
+        .map(str::to_owned);
+    let sync_in_progress = role == Role::Replica && number("master_sync_in_progress") == Some(1);
+    let replicas = match role {
+        Role::Master => fields
+            .iter()
+            .filter(|(name, _)| {
+                name.strip_prefix("slave")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|(_, value)| parse_replica_link(value, known))
+            .collect::<Vec<_>>(),
+        Role::Replica => Vec::new(),
+    };
+    let mut replicas = replicas;
+    // INFO's order, not the map's: the decision must not depend on hashing.
+    replicas.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
     let (master, link_up, synced, offset) = match role {
         Role::Master => (None, false, true, number("master_repl_offset").unwrap_or(0)),
         Role::Replica => {
@@ -418,6 +442,32 @@ pub fn parse_info(
         priority,
         keys,
         min_replicas: None,
+        replid,
+        replid2,
+        sync_in_progress,
+        replicas,
+    })
+}
+
+/// One `slaveN:ip=10.0.0.2,port=6379,state=online,offset=4242,lag=0` value of a master's
+/// INFO, if it names a member.
+fn parse_replica_link(
+    value: &str,
+    known: &dyn Fn(&str, u16) -> Option<Endpoint>,
+) -> Option<ReplicaLink> {
+    let part = |key: &str| {
+        value
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    let port = part("port")?.parse::<u16>().ok()?;
+    let endpoint = known(part("ip")?, port)?;
+    Some(ReplicaLink {
+        endpoint,
+        online: part("state") == Some("online"),
+        offset: part("offset").and_then(|v| v.parse().ok()).unwrap_or(0),
+        // Unknown lag counts as "not acknowledging", never as in sync.
+        lag_secs: part("lag").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX),
     })
 }
 
@@ -437,12 +487,13 @@ mod tests {
     const REPLICA_INFO: &str = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\ntcp_port:7002\r\n\r\n\
         # Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7001\r\n\
         master_link_status:up\r\nslave_read_repl_offset:4242\r\nslave_repl_offset:4242\r\n\
-        slave_priority:10\r\nslave_read_only:1\r\nmaster_repl_offset:4242\r\n\r\n\
+        slave_priority:10\r\nslave_read_only:1\r\nmaster_repl_offset:4242\r\n\
+        master_replid:r1\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\r\n\
         # Keyspace\r\ndb0:keys=7,expires=0,avg_ttl=0\r\ndb3:keys=5,expires=1,avg_ttl=10\r\n";
 
     const MASTER_INFO: &str = "# Server\r\nrun_id:def456\r\n# Replication\r\nrole:master\r\n\
         connected_slaves:1\r\nslave0:ip=127.0.0.1,port=7002,state=online,offset=4242,lag=0\r\n\
-        master_repl_offset:5000\r\n# Keyspace\r\n";
+        master_replid:m1\r\nmaster_replid2:m0\r\nmaster_repl_offset:5000\r\n# Keyspace\r\n";
 
     fn ours(host: &str, port: u16) -> Option<Endpoint> {
         (host == "127.0.0.1" && port == 7001).then(|| Endpoint::new("127.0.0.1", 7001))
@@ -463,7 +514,57 @@ mod tests {
                 priority: 10,
                 keys: 12,
                 min_replicas: None,
+                replid: "r1".into(),
+                replid2: None,
+                sync_in_progress: false,
+                replicas: Vec::new(),
             }
+        );
+    }
+
+    #[test]
+    fn master_info_yields_its_own_view_of_the_replicas_it_knows() {
+        let text = MASTER_INFO.replace(
+            "connected_slaves:1\r\n",
+            "connected_slaves:3\r\nslave1:ip=10.9.9.9,port=1,state=online,offset=1,lag=0\r\n\
+             slave2:ip=127.0.0.1,port=7001,state=wait_bgsave,offset=0,lag=7\r\n",
+        );
+        let known =
+            |host: &str, port: u16| (host == "127.0.0.1").then(|| Endpoint::new("127.0.0.1", port));
+        let info = parse_info(&text, &known).expect("parses");
+        assert_eq!(
+            info.replicas,
+            vec![
+                ReplicaLink {
+                    endpoint: Endpoint::new("127.0.0.1", 7001),
+                    online: false,
+                    offset: 0,
+                    lag_secs: 7,
+                },
+                ReplicaLink {
+                    endpoint: Endpoint::new("127.0.0.1", 7002),
+                    online: true,
+                    offset: 4242,
+                    lag_secs: 0,
+                },
+            ],
+            "only members are kept, sorted, with their state, offset and lag"
+        );
+        assert_eq!(info.replid, "m1");
+        assert_eq!(info.replid2, Some("m0".to_owned()));
+    }
+
+    #[test]
+    fn a_replica_in_a_full_sync_says_so() {
+        let text = REPLICA_INFO.replace(
+            "master_link_status:up",
+            "master_link_status:down\r\nmaster_sync_in_progress:1",
+        );
+        assert!(parse_info(&text, &ours).expect("parses").sync_in_progress);
+        assert!(
+            !parse_info(REPLICA_INFO, &ours)
+                .expect("parses")
+                .sync_in_progress
         );
     }
 

@@ -63,6 +63,7 @@ pub fn outcome(answer: &RoleAnswer) -> RoleOutcome {
         Err(FailureKind::Refused) => RoleOutcome::Refused,
         Err(FailureKind::Timeout) => RoleOutcome::Timeout,
         Err(FailureKind::AuthFailed) => RoleOutcome::AuthFailed,
+        Err(FailureKind::MaxClients) => RoleOutcome::MaxClients,
         Err(FailureKind::Error) => RoleOutcome::Error,
     }
 }

@@ -264,6 +264,7 @@ impl Route {
             epoch: self.generation,
             master: self.routed.clone(),
             run_id: None,
+            replid: None,
         }
     }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::controller::validate::InvalidReason;
 use crate::engine::Reason;
-use crate::engine::runner::{FailoverRecord, ServerStatus};
+use crate::engine::runner::{FailoverRecord, Health, ServerStatus};
 
 fn ep(last: u8) -> Endpoint {
     Endpoint::new(format!("10.0.0.{last}"), 6379)
@@ -10,7 +10,11 @@ fn ep(last: u8) -> Endpoint {
 fn server(last: u8, role: Option<Role>, master: Option<u8>, link_up: bool) -> ServerStatus {
     ServerStatus {
         address: ep(last),
-        health: if role.is_some() { "up" } else { "down" },
+        health: if role.is_some() {
+            Health::Up
+        } else {
+            Health::Down
+        },
         role,
         master: master.map(ep),
         link_up: role.filter(|r| *r == Role::Replica).map(|_| link_up),

@@ -3,6 +3,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::engine::model::ReplicaLink;
 
 const DOWN_AFTER: Duration = Duration::from_secs(2);
 const POLICY: Policy = Policy {
@@ -18,26 +19,49 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// A server as a probe saw it; starts as a healthy master with some data.
+/// The replication history every fixture server shares unless a test says otherwise.
+const HISTORY: &str = "history-1";
+
+/// A server as a probe saw it; starts as a healthy master with some data. The second field
+/// is a master's own view of its replicas, when a test sets it; otherwise `world` derives it
+/// from the replicas that name the master with their link up.
 #[derive(Clone)]
-struct Server(ServerState);
+struct Server(ServerState, Option<Vec<ReplicaLink>>);
+
+/// Shadows the engine's `decide` for the table tests: a settled publication.
+fn decide(servers: &[ServerState], published: &Published, policy: &Policy, now: Duration) -> Plan {
+    super::decide(
+        servers,
+        &Publication::Settled(published.clone()),
+        policy,
+        now,
+    )
+}
 
 fn master(port: u16) -> Server {
-    Server(ServerState {
-        endpoint: ep(port),
-        probe: Probe::Up(RedisInfo {
-            role: Role::Master,
-            run_id: format!("run-{port}"),
-            master: None,
-            link_up: false,
-            synced: true,
-            offset: 1000,
-            priority: 100,
-            keys: 10,
-            min_replicas: None,
-        }),
-        leaving: false,
-    })
+    Server(
+        ServerState {
+            endpoint: ep(port),
+            probe: Probe::Up(RedisInfo {
+                role: Role::Master,
+                run_id: format!("run-{port}"),
+                master: None,
+                link_up: false,
+                synced: true,
+                offset: 1000,
+                priority: 100,
+                keys: 10,
+                min_replicas: None,
+                replid: HISTORY.into(),
+                replid2: None,
+                sync_in_progress: false,
+                replicas: Vec::new(),
+            }),
+            leaving: false,
+            last_seen: None,
+        },
+        None,
+    )
 }
 
 fn replica(port: u16, of: u16) -> Server {
@@ -49,14 +73,18 @@ fn refused(port: u16) -> Server {
 }
 
 fn failed(port: u16, kind: FailureKind, since: f64) -> Server {
-    Server(ServerState {
-        endpoint: ep(port),
-        probe: Probe::Failed {
-            kind,
-            since: secs(since),
+    Server(
+        ServerState {
+            endpoint: ep(port),
+            probe: Probe::Failed {
+                kind,
+                since: secs(since),
+            },
+            leaving: false,
+            last_seen: None,
         },
-        leaving: false,
-    })
+        None,
+    )
 }
 
 impl Server {
@@ -108,8 +136,80 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A replica that is mid-way through a full sync.
+    fn syncing(mut self) -> Self {
+        self.info().sync_in_progress = true;
+        self
+    }
+    /// Of another replication history (restarted empty, or another group's data).
+    fn history(mut self, replid: &str) -> Self {
+        self.info().replid = replid.to_owned();
+        self
+    }
+    /// A master promoted from a replica of `replid2`'s history.
+    fn promoted_from(mut self, replid2: &str) -> Self {
+        let info = self.info();
+        info.replid = format!("{replid2}-promoted");
+        info.replid2 = Some(replid2.to_owned());
+        self
+    }
+    /// A master's own view of its replicas: (port, online, acknowledged offset, lag seconds).
+    fn sees(mut self, replicas: &[(u16, bool, u64, u64)]) -> Self {
+        self.1 = Some(
+            replicas
+                .iter()
+                .map(|&(port, online, offset, lag_secs)| ReplicaLink {
+                    endpoint: ep(port),
+                    online,
+                    offset,
+                    lag_secs,
+                })
+                .collect(),
+        );
+        self
+    }
+    /// What a failed server said when it last answered.
+    fn was(mut self, before: Server) -> Self {
+        self.0.last_seen = before.0.info().cloned();
+        self
+    }
+}
+
 fn world(servers: &[Server]) -> Vec<ServerState> {
-    servers.iter().map(|s| s.0.clone()).collect()
+    let derived_view = |master: &Endpoint| -> Vec<ReplicaLink> {
+        servers
+            .iter()
+            .filter_map(|s| {
+                s.0.info()
+                    .filter(|i| {
+                        i.role == Role::Replica && i.link_up && i.master.as_ref() == Some(master)
+                    })
+                    .map(|i| ReplicaLink {
+                        endpoint: s.0.endpoint.clone(),
+                        online: true,
+                        offset: i.offset,
+                        lag_secs: 0,
+                    })
+            })
+            .collect()
+    };
+    servers
+        .iter()
+        .map(|Server(state, view)| {
+            let mut state = state.clone();
+            let endpoint = state.endpoint.clone();
+            if let Probe::Up(info) = &mut state.probe {
+                if info.role == Role::Master {
+                    info.replicas = view.clone().unwrap_or_else(|| derived_view(&endpoint));
+                }
+                if state.last_seen.is_none() {
+                    state.last_seen = Some(info.clone());
+                }
+            }
+            state
+        })
+        .collect()
 }
 
 fn published(epoch: u64, master: Option<u16>) -> Published {
@@ -117,6 +217,7 @@ fn published(epoch: u64, master: Option<u16>) -> Published {
         epoch,
         master: master.map(ep),
         run_id: master.map(|port| format!("run-{port}")),
+        replid: Some(HISTORY.into()),
     }
 }
 
@@ -262,7 +363,7 @@ fn start_up_with_only_priority_zero_replicas_promotes_nothing() {
         0.0,
     );
     assert!(plan.is_noop());
-    assert_eq!(plan.waiting, Some(Waiting::NoCandidate));
+    assert!(matches!(plan.waiting, Some(Waiting::NoCandidate { .. })));
 }
 
 // ---- failure ------------------------------------------------------------------------------
@@ -385,7 +486,7 @@ fn master_down_with_no_candidate_publishes_no_master() {
     );
     assert_eq!(plan.promote, None);
     assert_eq!(publishes(&plan), Some((None, 2, Reason::NoMasterReachable)));
-    assert_eq!(plan.waiting, Some(Waiting::NoCandidate));
+    assert!(matches!(plan.waiting, Some(Waiting::NoCandidate { .. })));
 }
 
 #[test]
@@ -528,7 +629,10 @@ fn leaving_master_is_not_handed_over_to_a_leaving_or_unsynced_replica() {
     assert_eq!(plan.switch_over, None, "{plan:?}");
     assert_eq!(
         plan.waiting,
-        Some(Waiting::NoSwitchoverTarget { master: ep(1) })
+        Some(Waiting::NoSwitchoverTarget {
+            master: ep(1),
+            unfit: vec![]
+        })
     );
 }
 
@@ -721,7 +825,7 @@ proptest! {
         (servers, own, _policy) in arb_world(),
         (epoch, named) in (0u64..8, proptest::option::of(proptest::sample::select(PORTS.collect::<Vec<_>>()))),
     ) {
-        let seen = Published { epoch, master: named.map(ep), run_id: None };
+        let seen = Published { epoch, master: named.map(ep), run_id: None, replid: None };
         match judge_foreign(&servers, &own, &seen) {
             Foreign::Ignore => prop_assert!(
                 seen.epoch < own.epoch || (seen.epoch == own.epoch && seen.master == own.master)
@@ -764,11 +868,18 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
         0u64..4,
         prop_oneof![Just(0u32), Just(1), Just(100)],
         0u64..3,
-        0u8..3,
-        arb_fence(),
+        (0u8..3, arb_fence(), 0u8..4),
     )
         .prop_map(
-            |(is_master, master, (link_up, synced), offset, priority, keys, run, fence)| {
+            |(
+                is_master,
+                master,
+                (link_up, synced),
+                offset,
+                priority,
+                keys,
+                (run, fence, history),
+            )| {
                 Probe::Up(RedisInfo {
                     role: if is_master {
                         Role::Master
@@ -783,6 +894,15 @@ fn arb_probe(ports: Vec<u16>) -> impl Strategy<Value = Probe> {
                     priority,
                     keys,
                     min_replicas: fence,
+                    // 0, 1: the published history; 2: promoted from it; 3: another one.
+                    replid: if history < 2 {
+                        HISTORY.into()
+                    } else {
+                        format!("other-{history}")
+                    },
+                    replid2: (history == 2).then(|| HISTORY.to_owned()),
+                    sync_in_progress: !is_master && history == 1 && !link_up,
+                    replicas: Vec::new(),
                 })
             },
         );
@@ -828,6 +948,8 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
                     master: master.map(ep),
                     // 3: a run not known, as after a controller restart.
                     run_id: master.filter(|_| run < 3).map(|_| format!("run-{run}")),
+                    // 0: published by an older version, the history not known.
+                    replid: (run > 0).then(|| HISTORY.to_owned()),
                 });
             (
                 Just(ports),
@@ -844,13 +966,57 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
                     endpoint: ep(port),
                     probe,
                     leaving,
+                    last_seen: None,
                 })
-                .collect();
-            (servers, published, policy)
+                .collect::<Vec<_>>();
+            (with_views(servers), published, policy)
         })
 }
 
 const NOW: Duration = Duration::from_secs(5);
+
+/// Gives every answering master its own view of its replicas (those that name it with the
+/// link up, at their own offsets) and every answering server its last answer, as the runner
+/// would.
+fn with_views(mut servers: Vec<ServerState>) -> Vec<ServerState> {
+    let snapshot = servers.clone();
+    for server in &mut servers {
+        let endpoint = server.endpoint.clone();
+        if let Probe::Up(info) = &mut server.probe {
+            if info.role == Role::Master {
+                info.replicas = snapshot
+                    .iter()
+                    .filter_map(|s| {
+                        s.info()
+                            .filter(|i| {
+                                i.role == Role::Replica
+                                    && i.link_up
+                                    && i.master.as_ref() == Some(&endpoint)
+                            })
+                            .map(|i| ReplicaLink {
+                                endpoint: s.endpoint.clone(),
+                                online: true,
+                                offset: i.offset,
+                                lag_secs: 0,
+                            })
+                    })
+                    .collect();
+            }
+            server.last_seen = Some(info.clone());
+        }
+    }
+    servers
+}
+
+/// The ranking of rule 4 when every master's view agrees with its replicas' own offsets (as
+/// `with_views` makes it): offset, then an existing master, then priority, then address.
+fn more_caught_up(a: &(&Endpoint, &RedisInfo), b: &(&Endpoint, &RedisInfo)) -> Ordering {
+    a.1.offset
+        .cmp(&b.1.offset)
+        .then((a.1.role == Role::Master).cmp(&(b.1.role == Role::Master)))
+        .then(b.1.priority.cmp(&a.1.priority))
+        .then(b.0.cmp(a.0))
+}
 
 fn info_of<'a>(servers: &'a [ServerState], endpoint: &Endpoint) -> Option<&'a RedisInfo> {
     servers
@@ -1238,6 +1404,10 @@ fn every_probe(me: u16, ports: &[u16], fences: &[Option<MinReplicas>]) -> Vec<Pr
         priority: 100,
         keys,
         min_replicas: None,
+        replid: HISTORY.into(),
+        replid2: None,
+        sync_in_progress: false,
+        replicas: Vec::new(),
     };
     let mut up = Vec::new();
     up.extend((0..2).map(|keys| base(Role::Master, keys)));
@@ -1277,6 +1447,7 @@ fn every_publication(ports: &[u16]) -> Vec<Published> {
             epoch: 3,
             master: None,
             run_id: None,
+            replid: Some(HISTORY.into()),
         },
     ];
     for port in ports {
@@ -1285,6 +1456,7 @@ fn every_publication(ports: &[u16]) -> Vec<Published> {
                 epoch: 3,
                 master: Some(ep(*port)),
                 run_id: Some(run_id),
+                replid: Some(HISTORY.into()),
             });
         }
     }
@@ -1318,8 +1490,10 @@ fn check_every_world(
                     endpoint: ep(*port),
                     probe: probes[*i].clone(),
                     leaving: *leaving,
+                    last_seen: None,
                 })
                 .collect();
+            let servers = with_views(servers);
             for published in &publications {
                 for policy in policies {
                     let plan = decide(&servers, published, policy, NOW);

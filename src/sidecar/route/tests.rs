@@ -11,6 +11,7 @@ fn publication(epoch: u64, master: Option<&str>) -> Result<Option<Published>, An
         epoch,
         master: master.map(ep),
         run_id: None,
+        replid: None,
     }))
 }
 
@@ -79,7 +80,8 @@ fn a_published_master_is_routed_only_once_role_says_master() {
         Published {
             epoch: 1,
             master: Some(ep("10.0.0.1:6379")),
-            run_id: None
+            run_id: None,
+            replid: None,
         }
     );
     assert_eq!(
