@@ -3,6 +3,9 @@
 //! real `redis-pair controller` processes and real `redis-pair proxy` sidecars against the
 //! project's test API server, traffic through the sidecars, and the real kubectl.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

@@ -146,24 +146,13 @@ impl Pairs {
                 .get_with(&key.name, &GetParams::default()),
         )
         .await?;
-        // The publication with its identity (the master's run_id and replication ID) as the
-        // annotations carry it: a new leader judges a restarted master as the old one would.
-        let published = crd::published(&fresh).ok().flatten().unwrap_or_default();
         let view = PairView {
             pods: index,
             labels,
             generation: pair.metadata.generation,
             last_switchover: None,
         };
-        *slot = Some(self.start(
-            &key,
-            &fresh,
-            term,
-            desired.settings,
-            members,
-            published,
-            view,
-        ));
+        *slot = Some(self.start(&key, &fresh, term, desired.settings, members, view));
         self.shared.metrics.engines.inc();
         Ok(())
     }
@@ -175,9 +164,11 @@ impl Pairs {
         term: Term,
         settings: Settings,
         members: Vec<crate::engine::runner::Member>,
-        published: Published,
         view: PairView,
     ) -> Runtime {
+        // The publication with its identity (the master's run_id and replication ID) as the
+        // annotations carry it: a new leader judges a restarted master as the old one would.
+        let published: Published = crd::published(pair).ok().flatten().unwrap_or_default();
         info!(pair = %key, epoch = published.epoch, members = members.len(), "starting its engine");
         let (view_tx, view_rx) = watch::channel(view);
         let client = &self.shared.client;
