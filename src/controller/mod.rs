@@ -23,6 +23,8 @@ pub mod publisher;
 pub mod reconcile;
 pub mod status;
 pub mod status_writer;
+#[cfg(test)]
+mod test_api;
 pub mod validate;
 pub mod view;
 

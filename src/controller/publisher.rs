@@ -202,7 +202,65 @@ impl Publisher for KubePublisher {
 
 #[cfg(test)]
 mod tests {
+    use kube::Resource;
+
     use super::*;
+    use crate::controller::test_api::{PAIR, api_server};
+
+    /// Failure 7 (controller side): a publisher whose lease is gone sends nothing, however
+    /// long ago the engine checked; the refusal is definite (never sent), not unknown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_lease_nothing_is_published_or_retracted() {
+        let (_server, client, pair) = api_server().await.unwrap_or_else(|e| panic!("{e}"));
+        let pairs: Api<RedisPair> = Api::namespaced(client.clone(), "default");
+        let (leadership, set_leader) = Leadership::by_hand();
+        let (events, _queued) = EventSink::new();
+        let master = Endpoint::new("127.0.0.1", 1);
+        let (_view_tx, view) = watch::channel(PairView {
+            pods: [(master.clone(), "cache-0".to_owned())].into(),
+            ..PairView::default()
+        });
+        let publisher = KubePublisher {
+            name: PAIR.into(),
+            reference: pair.object_ref(&()),
+            pairs: pairs.clone(),
+            pods: Api::namespaced(client, "default"),
+            view,
+            leadership,
+            events,
+            metrics: ControllerMetrics::default(),
+        };
+        let first = Published {
+            epoch: 1,
+            master: Some(master.clone()),
+            run_id: None,
+            replid: None,
+        };
+        set_leader(true);
+        publisher
+            .publish(&Published::default(), &first, Reason::Initial)
+            .await
+            .unwrap_or_else(|e| panic!("publish while leading: {e}"));
+        // The engine checked may_act a moment ago; the lease is gone since.
+        set_leader(false);
+        let next = Published {
+            epoch: 2,
+            master: None,
+            ..Published::default()
+        };
+        let refused = publisher.publish(&first, &next, Reason::MasterDown).await;
+        assert!(
+            matches!(refused, Err(PublishError::Failed(_))),
+            "{refused:?}"
+        );
+        let retracted = publisher.retract(&master).await;
+        assert!(
+            matches!(retracted, Err(PublishError::Failed(_))),
+            "{retracted:?}"
+        );
+        let now = pairs.get(PAIR).await.unwrap_or_else(|e| panic!("get: {e}"));
+        assert_eq!(crd::published(&now), Ok(Some(first)));
+    }
 
     #[test]
     fn a_publication_writes_its_identity_and_clears_an_unknown_one() {
