@@ -247,7 +247,8 @@ impl Elector {
         self.metrics.leader.set(i64::from(leader));
     }
 
-    /// One step of client-go's algorithm; returns who holds the Lease afterwards.
+    /// One step of client-go's algorithm; returns who holds the Lease afterwards. Its calls
+    /// carry no deadline of their own: `run` bounds the whole step by the renew deadline.
     async fn try_acquire_or_renew(&mut self) -> Result<Option<String>, kube::Error> {
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
