@@ -2,6 +2,9 @@
 //! crashes, hangs, restarts, startup topologies, planned switchovers and what clients of the
 //! proxy see while that happens. The contract is docs/INTERFACE.md.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

@@ -371,6 +371,10 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(&dir)
             .args(["--port", &self.port.to_string(), "--bind", self.host()])
+            // Outgoing connections (a replica's link to its master) from its own address, as a
+            // pod's come from the pod IP: otherwise every loopback alias connects from
+            // 127.0.0.1 and a master's view of its replicas (INFO `slaveN: ip=`) names no member.
+            .args(["--bind-source-addr", self.host()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no"])
             .arg("--dir")
