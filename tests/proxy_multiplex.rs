@@ -728,6 +728,18 @@ impl Flood {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// After `stop`: the proxy closes the connection without a reply.
+    async fn await_closed(mut self) {
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(SETTLE_DEADLINE, self.reader.read(&mut buf)).await;
+        self.writer.abort();
+        match read {
+            Err(_) => panic!("client {} still open", self.id),
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("client {}: {n} bytes of replies", self.id),
+        }
+    }
+
     /// After `stop` and the master's return: every request pair sent gets its two replies,
     /// in order, and nothing else; returns how many pairs were sent.
     async fn replies_all_arrive(mut self) -> usize {
@@ -947,4 +959,58 @@ async fn many_clients_flooding_a_stopped_master_are_held_to_their_share_and_the_
         Resp::Int(total as i64 + 6 + 1),
         "the floods' keys, their six order lists and the late client's key"
     );
+}
+
+#[tokio::test]
+async fn a_client_pipelining_while_no_master_is_reachable_is_held_then_closed_at_the_wait() {
+    let (mut a, mut b, pair) = pair_that_waits_for_its_master(&["--wait-for-master", "3s"]).await;
+    // Both gone (the replica first, so that nothing is promoted): the proxy has no master to
+    // connect to. No client has used the proxy yet, so the flood's first request opens the
+    // shared connection, which waits for a publication that does not come.
+    b.kill();
+    a.kill();
+    let flood = Flood::start(&pair, 0).await;
+    eventually(
+        "the proxy to have taken the client's share of requests",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            n if n >= f64::from(2 << 20) => Ok(()),
+            n => Err(format!("request backlog {n} bytes, {} sent", flood.sent())),
+        },
+    )
+    .await;
+    let share_bound = f64::from(2 << 20) + FLOOD_VALUE as f64 * 2.0 + 65536.0;
+    always(
+        "the proxy holds a bounded backlog while it waits for a master",
+        Duration::from_secs(1),
+        async || {
+            let backlog = request_backlog(&pair).await?;
+            let rss = pair.rss_bytes()?;
+            if backlog > share_bound {
+                return Err(format!("request backlog {backlog} bytes"));
+            }
+            if rss > FLOOD_RSS_BOUND {
+                return Err(format!("proxy RSS {} MiB", rss >> 20));
+            }
+            if flood.sent() == FLOOD_MAX_REQUESTS {
+                return Err("the proxy took all 200 MiB from the client".into());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    // At --wait-for-master the client is closed, as a direct connection to a dead server
+    // would be (none of its requests was answered), and the budget is whole again.
+    flood.stop();
+    flood.await_closed().await;
+    eventually(
+        "the request backlog to drain",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            0.0 => Ok(()),
+            n => Err(format!("{n} bytes")),
+        },
+    )
+    .await;
+    assert!(proxy_metric(&pair, "redispair_proxy_no_master_timeouts_total").await >= 1.0);
 }
