@@ -115,9 +115,11 @@ impl Mux {
 ///
 /// The bound is checked before each read of a client, so it is exceeded by at most what one
 /// read completes: the rest of a request already partly read (up to `MAX_SHARED_REQUEST`)
-/// plus one read, per thread. A client over it is woken when its own bytes, or the total,
-/// fall to half the limit; waking at half, not at the limit, lets the writer move a batch
-/// before every waiting client is woken again.
+/// plus one read, per thread. A client over its share is woken when its bytes fall to half
+/// of it, so that the writer moves a batch before the client is read again (its bytes are all
+/// on one connection: it moves only when owed nothing). Clients waiting for the total are
+/// woken as soon as it is back under the limit: bytes stuck on one stalled connection must
+/// not keep the clients of the others waiting for a lower mark.
 struct RequestBudget {
     total: AtomicUsize,
     limit: usize,
@@ -161,12 +163,11 @@ impl RequestBudget {
     }
 
     /// Completes `give_back_client` for `bytes` in all; wakes every client waiting for the
-    /// total when it falls to half the limit.
+    /// total when it is back under the limit.
     fn give_back_total(&self, bytes: usize) {
-        let low = self.limit / 2;
         let before = self.total.fetch_sub(bytes, Ordering::Relaxed);
         self.gauge.dec_by(to_i64(bytes));
-        if before > low && before - bytes <= low {
+        if before > self.limit && before - bytes <= self.limit {
             self.drained.notify_waiters();
         }
     }
