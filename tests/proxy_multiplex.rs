@@ -821,7 +821,16 @@ async fn request_backlog(pair: &RedisPair) -> Result<f64, String> {
 
 #[tokio::test]
 async fn a_client_pipelining_into_a_stopped_master_is_not_read_and_loses_nothing() {
-    let (mut a, _b, pair) = pair_that_waits_for_its_master(&[]).await;
+    client_pipelining_into_a_stopped_master(&[]).await;
+}
+
+#[tokio::test]
+async fn a_client_pipelining_into_a_stopped_master_is_held_on_a_multi_thread_runtime() {
+    client_pipelining_into_a_stopped_master(&["--threads", "2", "--shared-connections", "2"]).await;
+}
+
+async fn client_pipelining_into_a_stopped_master(extra: &[&str]) {
+    let (mut a, _b, pair) = pair_that_waits_for_its_master(extra).await;
     // Default --max-request-backlog-mib 8: a client's share is 2 MiB; with one request in
     // progress and one read on top, 3.1 MiB at most.
     let share_bound = f64::from(2 << 20) + FLOOD_VALUE as f64 * 2.0 + 65536.0;
