@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane the tests run against, once per version:
-# kube-apiserver, kube-controller-manager and kube-scheduler from the k8s.io/kubernetes module
-# (our wrapper module kube/kubernetes) and etcd from go.etcd.io/etcd/server/v3 (kube/etcd).
+# kube-apiserver, kube-controller-manager, kube-scheduler and a kubectl of the same version
+# from the k8s.io/kubernetes module (our wrapper module kube/kubernetes) and etcd from
+# go.etcd.io/etcd/server/v3 (kube/etcd).
 #
 #   scripts/kube-build.sh              build what is missing; print KUBE_BIN=... and ETCD_BIN=...
 #   scripts/kube-build.sh pin v1.X.Y   rewrite kube/kubernetes/go.mod for another release
@@ -66,12 +67,16 @@ etcd_version="$(required kube/etcd go.etcd.io/etcd/server/v3)"
 [[ "$kube_version" =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || { echo "error: k8s.io/kubernetes $kube_version in kube/kubernetes/go.mod" >&2; exit 1; }
 kube_major="${BASH_REMATCH[1]}" kube_minor="${BASH_REMATCH[2]}"
 
-# What `kubectl version` and /version report. The module zip carries no git metadata, so the
-# commit is left empty rather than invented; the tree is the released one, verified by go.sum.
+# What `kubectl version` and /version report, as upstream's hack/lib/version.sh sets it. The
+# module zip carries no git metadata, so the commit is left empty rather than invented (the
+# tree is the released one, verified by go.sum); the build date is the release's, from the
+# module proxy, so the flags and the stamp do not change from one run to the next.
+kube_date="$(cd kube/kubernetes && "$go" list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)"
 kube_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=$kube_major"
   kube_ldflags+=" -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit="
+  kube_ldflags+=" -X $pkg.buildDate=$kube_date"
 done
 etcd_ldflags="-s -w"
 # -trimpath: no paths of this machine in the binaries, and one compile cache for every checkout.
@@ -148,7 +153,8 @@ kube_out="$cache/kube/$kube_version"
 etcd_out="$cache/etcd/$etcd_version"
 build kube/etcd "$etcd_out" "$etcd_ldflags" etcd=.
 build kube/kubernetes "$kube_out" "$kube_ldflags" kube-apiserver=./kube-apiserver \
-  kube-controller-manager=./kube-controller-manager kube-scheduler=./kube-scheduler
+  kube-controller-manager=./kube-controller-manager kube-scheduler=./kube-scheduler \
+  kubectl=./kubectl
 if [ $(($(date +%s) - started_all)) -gt 1 ]; then
   say "control plane $kube_version, etcd $etcd_version ready in $(elapsed "$started_all")"
 fi
