@@ -46,8 +46,10 @@ alive() {
   local pid exe
   pid="$(cat "$pids/$1.pid" 2>/dev/null)" || return 1
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  # A pid is reused once its process is gone: check it is still the binary we started.
+  # A pid is reused once its process is gone: check it is still the binary we started (which
+  # may have been rebuilt since: the link then ends in " (deleted)").
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
+  exe="${exe% (deleted)}"
   [ "$(basename "$exe")" = "$1" ]
 }
 
@@ -76,6 +78,9 @@ stop() {
       # A process left in a pod's namespace (the agent died with SIGKILL) goes with it.
       ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
       as_root ip netns delete "$ns" 2>/dev/null || true
+      # The host end of the pod's veth has the namespace's name (gone with it, unless a process
+      # still holds the namespace).
+      as_root ip link delete "$ns" 2>/dev/null || true
     done <"$dir/netns"
     rm -f "$dir/netns"
   fi

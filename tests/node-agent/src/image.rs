@@ -32,7 +32,7 @@ impl Images {
     /// The argv of a container: Kubernetes' `command` replaces the image's entrypoint and
     /// `args` its CMD. The `redis` image's entrypoint behaves like its docker-entrypoint.sh: no
     /// args or args that start with `-` or name a `.conf` run redis-server with them; other args
-    /// are the command. A command naming the image's program (`redis-server`,
+    /// are the command; protected mode is off, as the image builds redis-server. A command naming the image's program (`redis-server`,
     /// `/usr/local/bin/redis-pair`) runs the mapped binary; any other runs as found on PATH.
     pub fn argv(
         &self,
@@ -70,6 +70,16 @@ impl Images {
         let mapped = entrypoint.file_name().and_then(|n| n.to_str());
         if program == name || Some(program) == mapped {
             argv[0] = entry;
+            // The official image builds redis-server with protected mode off (a pod is reached
+            // from other pods, not only on loopback); arguments after a config file override it.
+            if name == "redis" {
+                let at = if argv.get(1).is_some_and(|a| a.ends_with(".conf")) {
+                    2
+                } else {
+                    1
+                };
+                argv.splice(at..at, ["--protected-mode".to_string(), "no".to_string()]);
+            }
         }
         Ok(argv)
     }
@@ -107,18 +117,27 @@ mod tests {
     #[test]
     fn the_redis_image_behaves_like_its_entrypoint_script() {
         let i = images();
-        assert_eq!(
-            i.argv("redis:7", &[], &[]).unwrap(),
-            s(&["/usr/bin/redis-server"])
-        );
+        let server = ["/usr/bin/redis-server", "--protected-mode", "no"];
+        assert_eq!(i.argv("redis:7", &[], &[]).unwrap(), s(&server));
         assert_eq!(
             i.argv("redis:7", &[], &s(&["--port", "7000"])).unwrap(),
-            s(&["/usr/bin/redis-server", "--port", "7000"])
+            s(&[&server[..], &["--port", "7000"]].concat())
         );
         assert_eq!(
-            i.argv("redis:7", &s(&["redis-server"]), &s(&["/etc/r.conf"]))
-                .unwrap(),
-            s(&["/usr/bin/redis-server", "/etc/r.conf"])
+            i.argv(
+                "redis:7",
+                &s(&["redis-server"]),
+                &s(&["/etc/r.conf", "--port", "1"])
+            )
+            .unwrap(),
+            s(&[
+                "/usr/bin/redis-server",
+                "/etc/r.conf",
+                "--protected-mode",
+                "no",
+                "--port",
+                "1"
+            ])
         );
         assert_eq!(
             i.argv("redis:7", &[], &s(&["sh", "-c", "exit 0"])).unwrap(),

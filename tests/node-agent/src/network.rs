@@ -87,8 +87,11 @@ impl Network {
 
     async fn wire(&self, pod: &PodNetwork, host_end: &str) -> anyhow::Result<()> {
         let ns = pod.netns.as_str();
-        // A namespace of that name left by an agent that was killed goes first.
+        // A namespace of that name left by an agent that was killed goes first, with whatever
+        // still runs in it (else those processes would hold it, unnamed, with its veth).
+        kill_all_in(ns).await;
         let _ = ip(&["netns", "delete", ns]).await;
+        let _ = ip(&["link", "delete", host_end]).await;
         ip(&["netns", "add", ns]).await?;
         self.record_netns(ns)?;
         let address = format!("{}/{}", pod.ip, self.prefix_len);
@@ -107,6 +110,9 @@ impl Network {
 
     /// Deletes the namespace (its veth pair goes with it) and frees the IP.
     pub async fn release(&self, pod: PodNetwork) {
+        // A probe or hook still running (or a daemon a container forked) would hold the
+        // namespace, and with it the veth and the IP's route, after the name is gone.
+        kill_all_in(&pod.netns).await;
         if let Err(error) = ip(&["netns", "delete", &pod.netns]).await {
             tracing::warn!(netns = %pod.netns, "{error:#}");
         }
@@ -120,6 +126,25 @@ impl Network {
             .open(&self.record)
             .with_context(|| format!("opening {}", self.record.display()))?;
         writeln!(file, "{ns}").context("recording the network namespace")
+    }
+}
+
+/// SIGKILLs every process in a named network namespace.
+async fn kill_all_in(ns: &str) {
+    let Ok(output) = tokio::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: kill(2) on a pid read just now; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 

@@ -534,6 +534,15 @@ impl Worker {
                     },
                 };
                 if restart {
+                    // As the kubelet shows a container waiting out its restart delay.
+                    view.state = State::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: format!(
+                            "back-off {}s restarting failed container={}",
+                            slot.backoff.as_secs(),
+                            slot.container.name
+                        ),
+                    };
                     slot.restart_at = Some(Instant::now() + slot.backoff);
                     slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
                 } else {
