@@ -6,20 +6,22 @@
 #
 # `up` starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built by
 # scripts/kube-build.sh) and the node agent (tests/node-agent, built with cargo; skipped with
-# REDISPAIR_KUBE_NODE=0), writes a cluster-admin kubeconfig to DIR/kubeconfig and returns once
-# the node is Ready. Containers of image `redis` run the Debian redis-server, of image
-# `redis-pair` $REDISPAIR_BIN (default target/debug/redis-pair). Everything else lives in DIR too: certificates
-# (pki/), etcd's data (etcd/), one log per process (logs/), pid files (pids/) and the cluster's
-# addresses (cluster.env, read again by a second `up` of the same DIR, so its certificates and
-# data stay valid).
+# REDISPAIR_KUBE_NODE=0), writes a cluster-admin kubeconfig to DIR/kubeconfig (DIR/kubectl is
+# a kubectl of the server's version) and returns once the node is Ready. Containers of image
+# `redis` run the Debian redis-server, of image `redis-pair` $REDISPAIR_BIN (default
+# target/debug/redis-pair). Everything else lives in DIR too: certificates (pki/), etcd's
+# data (etcd/), one log per process (logs/), pid files (pids/), the pods' files (node/) and
+# the cluster's addresses (cluster.env, read again by a second `up` of the same DIR, so its
+# certificates and data stay valid).
 #
 # Addresses. etcd listens on loopback only. The API server listens on the node's address,
 # 10.201.S.1, the host side of a bridge `rpkS` made for this cluster: pods (network namespaces
 # on that bridge, 10.201.S.2 and up) reach it there, and Endpoints may not name loopback.
 # S is the first subnet no other cluster on this machine uses. Ports are PORT_BASE + 0 (API
-# server), + 1 (etcd clients), + 2 (etcd peers), + 3 (controller-manager), + 4 (scheduler),
-# + 5 (node agent); PORT_BASE is $REDISPAIR_KUBE_PORT_BASE, or the first of 16400, 16410, ...
-# whose ten ports are free, so two clusters coexist.
+# server), + 1 (etcd clients), + 2 (etcd peers), + 3 (controller-manager), + 4 (scheduler);
+# + 5 to + 9 are kept free for what comes (a kubelet port, a proxy). PORT_BASE is
+# $REDISPAIR_KUBE_PORT_BASE, or the first of 16400, 16410, ... whose ten ports are free, so
+# two clusters coexist.
 #
 # Authentication is real: client certificates from a CA made here (cluster-admin is
 # O=system:masters), ServiceAccount tokens signed with a key made here (TokenRequest works),
@@ -226,6 +228,8 @@ EOF
   chmod 600 "$1"
 }
 kubeconfig "$dir/kubeconfig" admin
+# A kubectl of the server's version beside the kubeconfig (kube-tools.sh's is two minors older).
+ln -sfn "$KUBE_BIN/kubectl" "$dir/kubectl"
 kubeconfig "$dir/kube-controller-manager.kubeconfig" kube-controller-manager
 kubeconfig "$dir/kube-scheduler.kubeconfig" kube-scheduler
 kubeconfig "$dir/node.kubeconfig" node
