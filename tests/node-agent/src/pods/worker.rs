@@ -1,133 +1,28 @@
-//! The pods bound to this node: a watch (`spec.nodeName=<node>`) feeds one worker per pod.
-//!
-//! A worker's life, as a kubelet's pod worker:
-//! ```text
-//! set up (network namespace, volumes; retried every 5 s while it fails)
-//!   -> start init containers in order (a native sidecar, restartPolicy Always, counts as done
-//!      once started; a plain one once it exited 0), then every regular container
-//!   -> run: exits restart by policy (backoff 1 s doubling to 60 s), probes decide started,
-//!      ready and live; every change is written to the pod's status
-//!   -> terminal (Never/OnFailure and every regular container done): sidecars stopped,
-//!      network released, phase Succeeded or Failed
-//!   -> deletion (deletionTimestamp): preStop, SIGTERM, the grace period, SIGKILL, network
-//!      released, final status, then the final delete (grace 0, preconditioned on the uid)
-//! ```
-//! A pod removed from the API (force deletion) is killed at once.
+//! One pod's worker: its containers' slots, its status view, and the loop that starts them,
+//! restarts them by policy and acts on their probes (the endings are in `stop`).
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::api::{Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::args::Args;
+use super::{BACKOFF_MAX, BACKOFF_MIN, SETUP_RETRY, Shared, uid};
 use crate::env;
-use crate::image::Images;
-use crate::network::{Network, PodNetwork};
+use crate::network::PodNetwork;
 use crate::probe::{self, Target};
 use crate::process::{self, Mount, Spawn};
 use crate::status::{ContainerView, Phase, PodView, State};
 use crate::volumes;
 
-const SETUP_RETRY: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-
-struct Shared {
-    client: kube::Client,
-    args: Args,
-    network: Network,
-    images: Images,
-}
-
-pub async fn run(
-    client: kube::Client,
-    args: Args,
-    network: Network,
-    images: Images,
-) -> anyhow::Result<()> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", args.node_name));
-    let shared = Arc::new(Shared {
-        client,
-        args,
-        network,
-        images,
-    });
-    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
-    let mut listed: HashSet<String> = HashSet::new();
-    let mut events = pin!(watcher(api, config).default_backoff());
-    while let Some(event) = events.next().await {
-        workers.retain(|_, tx| !tx.is_closed());
-        match event {
-            Ok(watcher::Event::Init) => listed.clear(),
-            Ok(watcher::Event::InitApply(pod)) => {
-                listed.insert(uid(&pod));
-                dispatch(&shared, &mut workers, pod);
-            }
-            Ok(watcher::Event::Apply(pod)) => dispatch(&shared, &mut workers, pod),
-            Ok(watcher::Event::InitDone) => {
-                // Pods deleted while the watch was down.
-                for (_, tx) in workers.iter().filter(|(uid, _)| !listed.contains(*uid)) {
-                    let _ = tx.send(None);
-                }
-            }
-            Ok(watcher::Event::Delete(pod)) => {
-                if let Some(tx) = workers.remove(&uid(&pod)) {
-                    let _ = tx.send(None);
-                }
-            }
-            Err(error) => tracing::warn!("watching pods: {error}"),
-        }
-    }
-    Ok(())
-}
-
-fn uid(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
-}
-
-fn dispatch(
-    shared: &Arc<Shared>,
-    workers: &mut HashMap<String, watch::Sender<Option<Pod>>>,
-    pod: Pod,
-) {
-    let key = uid(&pod);
-    if let Some(tx) = workers.get(&key) {
-        let _ = tx.send(Some(pod));
-        return;
-    }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    let terminal = matches!(phase, Some("Succeeded" | "Failed"));
-    let deleting = pod.metadata.deletion_timestamp.is_some();
-    if terminal && !deleting {
-        return;
-    }
-    let (tx, rx) = watch::channel(Some(pod.clone()));
-    workers.insert(key, tx);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let name = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
-        if let Err(error) = Worker::new(shared, pod).run(rx).await {
-            tracing::error!(pod = %name, "{error:#}");
-        }
-    });
-}
+mod probing;
+mod stop;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -175,7 +70,7 @@ struct Slot {
     startup_failures: u32,
 }
 
-struct Worker {
+pub(super) struct Worker {
     shared: Arc<Shared>,
     api: Api<Pod>,
     pod: Pod,
@@ -190,7 +85,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>, pod: Pod) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, pod: Pod) -> Self {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api = Api::namespaced(shared.client.clone(), &namespace);
@@ -245,7 +140,10 @@ impl Worker {
         }
     }
 
-    async fn run(mut self, mut updates: watch::Receiver<Option<Pod>>) -> anyhow::Result<()> {
+    pub(super) async fn run(
+        mut self,
+        mut updates: watch::Receiver<Option<Pod>>,
+    ) -> anyhow::Result<()> {
         loop {
             if self.pod.metadata.deletion_timestamp.is_some() {
                 return self.terminate(&mut updates).await;
@@ -419,7 +317,12 @@ impl Worker {
                 container: c.clone(),
                 spawn,
             };
-            slot.probes = Some(tokio::spawn(probe_loop(target, i, run, self.tx.clone())));
+            slot.probes = Some(tokio::spawn(probing::probe_loop(
+                target,
+                i,
+                run,
+                self.tx.clone(),
+            )));
         }
     }
 
@@ -621,192 +524,6 @@ impl Worker {
             .unwrap_or_else(|| "Always".into())
     }
 
-    /// Under Never or OnFailure, the pod ends once every regular container is done.
-    async fn settle_terminal(&mut self) {
-        let regulars: Vec<&Slot> = self
-            .slots
-            .iter()
-            .filter(|s| s.kind == Kind::Regular)
-            .collect();
-        let finished = self.view.phase == Phase::Failed
-            || (!regulars.is_empty() && regulars.iter().all(|s| s.done));
-        if !finished || self.net.is_none() {
-            return;
-        }
-        if self.view.phase != Phase::Failed {
-            let all_zero = self
-                .view
-                .containers
-                .iter()
-                .zip(&self.slots)
-                .filter(|(_, s)| s.kind == Kind::Regular)
-                .all(|(v, _)| matches!(v.state, State::Terminated { exit_code: 0, .. }));
-            self.view.phase = if all_zero {
-                Phase::Succeeded
-            } else {
-                Phase::Failed
-            };
-        }
-        self.stop_all(Instant::now() + Duration::from_secs(2)).await;
-        self.release().await;
-    }
-
-    /// preStop, SIGTERM, the grace period, SIGKILL; regular containers before sidecars.
-    async fn terminate(
-        &mut self,
-        updates: &mut watch::Receiver<Option<Pod>>,
-    ) -> anyhow::Result<()> {
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                self.pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30)
-            .max(0) as u64;
-        let deadline = Instant::now() + Duration::from_secs(grace);
-        tracing::info!(pod = %self.name, grace, "terminating");
-        let stopping = async {
-            self.pre_stop(deadline).await;
-            self.stop_all(deadline).await;
-        };
-        let mut gone = false;
-        tokio::select! {
-            _ = stopping => {}
-            _ = async { loop {
-                if updates.changed().await.is_err() || updates.borrow().is_none() { return; }
-            } } => { gone = true; }
-        }
-        if gone {
-            return self.force_stop().await;
-        }
-        self.release().await;
-        let all_zero = self
-            .view
-            .containers
-            .iter()
-            .all(|v| matches!(v.state, State::Terminated { exit_code: 0, .. }));
-        self.view.phase = if all_zero {
-            Phase::Succeeded
-        } else {
-            Phase::Failed
-        };
-        self.publish().await;
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: self.pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        let name = self.pod.metadata.name.clone().unwrap_or_default();
-        match self.api.delete(&name, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(error) => Err(crate::api_error(error)).context("the final delete"),
-        }
-    }
-
-    async fn pre_stop(&mut self, deadline: Instant) {
-        let Some(net) = &self.net else { return };
-        let mut hooks = Vec::new();
-        for slot in self
-            .slots
-            .iter()
-            .filter(|s| s.kind == Kind::Regular && s.pid.is_some())
-        {
-            let Some(handler) = slot
-                .container
-                .lifecycle
-                .as_ref()
-                .and_then(|l| l.pre_stop.clone())
-            else {
-                continue;
-            };
-            let target = Target {
-                pod_ip: net.ip,
-                container: slot.container.clone(),
-                spawn: match self
-                    .spawn_spec(self.index_of(slot), net.ip, net.netns.clone())
-                    .await
-                {
-                    Ok(spawn) => spawn,
-                    Err(_) => continue,
-                },
-            };
-            hooks.push(run_handler(handler, target, deadline));
-        }
-        let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(hooks)).await;
-    }
-
-    fn index_of(&self, slot: &Slot) -> usize {
-        self.slots
-            .iter()
-            .position(|s| std::ptr::eq(s, slot))
-            .unwrap_or(0)
-    }
-
-    async fn stop_all(&mut self, deadline: Instant) {
-        for kinds in [&[Kind::Regular][..], &[Kind::Sidecar, Kind::Init][..]] {
-            for slot in self.slots.iter_mut().filter(|s| kinds.contains(&s.kind)) {
-                slot.done = true;
-                slot.restart_at = None;
-                if let Some(pid) = slot.pid {
-                    process::signal_group(pid, libc::SIGTERM);
-                }
-            }
-            // A sidecar gets at least 2 s after the regular containers, as in the kubelet.
-            let until = deadline
-                .max(Instant::now() + Duration::from_secs(if kinds.len() > 1 { 2 } else { 0 }));
-            while self
-                .slots
-                .iter()
-                .any(|s| kinds.contains(&s.kind) && s.pid.is_some())
-            {
-                match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(event)) => self.handle(event),
-                    Ok(None) => break,
-                    Err(_) => {
-                        for slot in self.slots.iter().filter(|s| kinds.contains(&s.kind)) {
-                            if let Some(pid) = slot.pid {
-                                process::signal_group(pid, libc::SIGKILL);
-                            }
-                        }
-                        // The exits follow at once; each is still read to record it.
-                        while self
-                            .slots
-                            .iter()
-                            .any(|s| kinds.contains(&s.kind) && s.pid.is_some())
-                        {
-                            match self.rx.recv().await {
-                                Some(event) => self.handle(event),
-                                None => break,
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The pod is gone from the API: no grace, nothing more to write.
-    async fn force_stop(&mut self) -> anyhow::Result<()> {
-        self.stop_all(Instant::now()).await;
-        self.release().await;
-        Ok(())
-    }
-
-    async fn release(&mut self) {
-        if let Some(net) = self.net.take() {
-            self.shared.network.release(net).await;
-        }
-    }
-
     /// Writes the status if it changed.
     async fn publish(&mut self) {
         self.view.settle(Timestamp::now());
@@ -852,74 +569,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-async fn run_handler(handler: LifecycleHandler, target: Target, deadline: Instant) {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let result = if let Some(exec) = &handler.exec {
-        probe::exec_action(exec, &target, timeout).await
-    } else if let Some(http) = &handler.http_get {
-        probe::http_get(http, &target).await
-    } else if let Some(sleep) = &handler.sleep {
-        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64)).await;
-        Ok(())
-    } else {
-        Ok(())
-    };
-    if let Err(error) = result {
-        tracing::warn!(container = %target.container.name, "preStop: {error:#}");
-    }
-}
-
-/// Runs a container's probes as a kubelet does: the startup probe until it succeeds, then
-/// liveness and readiness side by side, each on its own period; results go to the worker.
-async fn probe_loop(target: Target, slot: usize, run: u32, tx: mpsc::Sender<Event>) {
-    let send = |which, ok| {
-        let tx = tx.clone();
-        async move {
-            tx.send(Event::Probe {
-                slot,
-                run,
-                which,
-                ok,
-            })
-            .await
-            .is_ok()
-        }
-    };
-    let container = target.container.clone();
-    if let Some(startup) = &container.startup_probe {
-        let timing = probe::timing(startup);
-        tokio::time::sleep(timing.initial_delay).await;
-        loop {
-            let ok = probe::check(startup, &target).await.is_ok();
-            if !send(Which::Startup, ok).await || ok {
-                break;
-            }
-            tokio::time::sleep(timing.period).await;
-        }
-    }
-    let each = |which, probe: Option<k8s_openapi::api::core::v1::Probe>| {
-        let target = target.clone();
-        let send = &send;
-        async move {
-            let Some(probe) = probe else {
-                return std::future::pending::<()>().await;
-            };
-            let timing = probe::timing(&probe);
-            tokio::time::sleep(timing.initial_delay).await;
-            loop {
-                let ok = probe::check(&probe, &target).await.is_ok();
-                if !send(which, ok).await {
-                    return;
-                }
-                tokio::time::sleep(timing.period).await;
-            }
-        }
-    };
-    futures_util::future::join(
-        each(Which::Liveness, container.liveness_probe.clone()),
-        each(Which::Readiness, container.readiness_probe.clone()),
-    )
-    .await;
 }
