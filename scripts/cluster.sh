@@ -5,12 +5,13 @@
 #   scripts/cluster.sh down DIR   stop everything `up` started in DIR, remove its network devices
 #
 # `up` starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built by
-# scripts/kube-build.sh) and the node agent (tests/node-agent, built with cargo; skipped with
-# REDISPAIR_KUBE_NODE=0), writes a cluster-admin kubeconfig to DIR/kubeconfig (DIR/kubectl is
-# a kubectl of the server's version) and returns once the node is Ready. Containers of image
+# scripts/kube-build.sh) and one node agent per node (tests/node-agent, built with cargo;
+# $REDISPAIR_KUBE_NODES nodes, default 2; none with REDISPAIR_KUBE_NODE=0), writes a
+# cluster-admin kubeconfig to DIR/kubeconfig (DIR/kubectl is a kubectl of the server's
+# version) and returns once every node is Ready. Containers of image
 # `redis` run the Debian redis-server, of image `redis-pair` $REDISPAIR_BIN (default
 # target/debug/redis-pair). Everything else lives in DIR too: certificates (pki/), etcd's
-# data (etcd/), one log per process (logs/), pid files (pids/), the pods' files (node/) and
+# data (etcd/), one log per process (logs/), pid files (pids/), the pods' files (node-N/) and
 # the cluster's addresses (cluster.env, read again by a second `up` of the same DIR, so its
 # certificates and data stay valid).
 #
@@ -40,10 +41,21 @@ say() { echo "==> $*" >&2; }
 fail() { echo "error: $*" >&2; exit 1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# The processes in start order; `down` stops them in reverse.
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler node-agent)
+# The processes in start order; `down` stops them in reverse (node-agent-0, -1, ... first).
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
-# alive NAME: the pid file names a running process started from our binary.
+# The pid files' names, the node agents' first: the order `down` stops them in.
+recorded() {
+  local f name i
+  for f in "$pids"/node-agent*.pid; do [ -f "$f" ] && basename "$f" .pid; done
+  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
+    name="${components[$i]}"
+    if [ -f "$pids/$name.pid" ]; then echo "$name"; fi
+  done
+}
+
+# alive NAME: the pid file names a running process started from our binary (node-agent-N's
+# binary is node-agent).
 alive() {
   local pid exe
   pid="$(cat "$pids/$1.pid" 2>/dev/null)" || return 1
@@ -52,14 +64,12 @@ alive() {
   # may have been rebuilt since: the link then ends in " (deleted)").
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
   exe="${exe% (deleted)}"
-  [ "$(basename "$exe")" = "$1" ]
+  [ "$(basename "$exe")" = "${1%-[0-9]*}" ]
 }
 
 stop() {
-  local name pid i
-  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-    name="${components[$i]}"
-    [ -f "$pids/$name.pid" ] || continue
+  local name pid
+  for name in $(recorded); do
     if alive "$name"; then
       pid="$(cat "$pids/$name.pid")"
       say "stopping $name (pid $pid)"
@@ -103,7 +113,7 @@ if [ "$command" = down ]; then
 fi
 [ "$command" = up ] || usage
 
-for name in "${components[@]}"; do
+for name in $(recorded); do
   if alive "$name"; then fail "$name already runs for $dir: run '$0 down $dir' first"; fi
 done
 
@@ -150,7 +160,7 @@ BRIDGE=rpk$SUBNET
 NODE_IP=10.201.$SUBNET.1
 POD_CIDR=10.201.$SUBNET.0/24
 SERVICE_CIDR=10.96.0.0/16
-NODE_NAME=node-$SUBNET
+NODES=${REDISPAIR_KUBE_NODES:-2}
 EOF
   # shellcheck source=/dev/null
   . "$dir/cluster.env"
@@ -160,12 +170,22 @@ KCM_PORT=$((PORT_BASE + 3)) SCHED_PORT=$((PORT_BASE + 4))
 ports_free "$PORT_BASE" || fail "a port in $PORT_BASE-$((PORT_BASE + 9)) is taken (REDISPAIR_KUBE_PORT_BASE picks others)"
 SERVER="https://$NODE_IP:$API_PORT"
 
+# Nodes share the bridge and split its /24: node N has the address 10.201.S.(N*BLOCK + 1) (node
+# 0's is the API server's) and hands out the rest of its block to its pods.
+[[ "${NODES:=1}" =~ ^[1-8]$ ]] || fail "REDISPAIR_KUBE_NODES=$NODES (1 to 8)"
+block=$((256 / NODES))
+node_octet() { echo $(($1 * block + 1)); }
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   say "bridge $BRIDGE with the node address $NODE_IP"
   as_root ip link add "$BRIDGE" type bridge
   as_root ip addr add "$NODE_IP/24" dev "$BRIDGE"
   as_root ip link set "$BRIDGE" up
 fi
+for ((n = 1; n < NODES; n++)); do
+  address="10.201.$SUBNET.$(node_octet "$n")"
+  ip -4 addr show dev "$BRIDGE" | grep -q "inet $address/" ||
+    as_root ip addr add "$address/24" dev "$BRIDGE"
+done
 
 # --- certificates and keys --------------------------------------------------------------------
 mkdir -p "$pki" "$logs" "$pids"
@@ -195,8 +215,10 @@ subjectAltName=IP:$NODE_IP,IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernete
 cert admin "/O=system:masters/CN=kubernetes-admin" "$client_ext"
 cert kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 cert kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
-# The node agent authenticates as a kubelet: the Node authorizer and NodeRestriction apply.
-cert node "/O=system:nodes/CN=system:node:$NODE_NAME" "$client_ext"
+# Each node agent authenticates as a kubelet: the Node authorizer and NodeRestriction apply.
+for ((n = 0; n < NODES; n++)); do
+  cert "node-$n" "/O=system:nodes/CN=system:node:node-$n" "$client_ext"
+done
 if [ ! -f "$pki/sa.key" ]; then
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -232,7 +254,7 @@ kubeconfig "$dir/kubeconfig" admin
 ln -sfn "$KUBE_BIN/kubectl" "$dir/kubectl"
 kubeconfig "$dir/kube-controller-manager.kubeconfig" kube-controller-manager
 kubeconfig "$dir/kube-scheduler.kubeconfig" kube-scheduler
-kubeconfig "$dir/node.kubeconfig" node
+for ((n = 0; n < NODES; n++)); do kubeconfig "$dir/node-$n.kubeconfig" "node-$n"; done
 
 # --- processes --------------------------------------------------------------------------------
 # start NAME BINARY ARGS...: in a session of its own (a Ctrl-C in the shell that ran `up` does
@@ -331,27 +353,37 @@ await kube-scheduler "kube-scheduler healthy" 60 curl -skf "https://127.0.0.1:$S
 await kube-controller-manager "the default ServiceAccount" 60 \
   api /api/v1/namespaces/default/serviceaccounts/default
 
-# --- the node ---------------------------------------------------------------------------------
-# node_ready: the Node says Ready and node-lifecycle has lifted the not-ready taint (until then
-# the scheduler places nothing on it).
+# --- the nodes --------------------------------------------------------------------------------
+# Two by default: with every node NotReady, node-lifecycle assumes the control plane is cut off
+# ("full disruption") and evicts nothing, so losing a node needs another one that stays.
+# node_ready NAME: the Node says Ready and node-lifecycle has lifted the not-ready taint (until
+# then the scheduler places nothing on it).
 node_ready() {
   local node
   # (The API server pretty-prints JSON for curl: the spaces go before matching.)
-  node="$(api "/api/v1/nodes/$NODE_NAME" | tr -d ' \n')" || return 1
+  node="$(api "/api/v1/nodes/$1" | tr -d ' \n')" || return 1
   grep -q '"type":"Ready","status":"True"' <<<"$node" && ! grep -q '"taints"' <<<"$node"
 }
 if [ "${REDISPAIR_KUBE_NODE:-1}" = 1 ]; then
   say "building the node agent (cargo build -p node-agent)"
   cargo build --quiet --locked -p node-agent
   redis_server="$(command -v redis-server)"
-  start node-agent "$PWD/target/debug/node-agent" \
-    --kubeconfig "$dir/node.kubeconfig" --node-name "$NODE_NAME" \
-    --node-ip "$NODE_IP" --bridge "$BRIDGE" --api-port "$API_PORT" \
-    --state-dir "$dir/node" --netns-record "$dir/netns" --netns-prefix "rpk${SUBNET}p" \
-    --kubelet-version "$(basename "$(dirname "$KUBE_BIN")")" \
-    --image "redis=$redis_server" \
-    --image "redis-pair=${REDISPAIR_BIN:-$PWD/target/debug/redis-pair}"
-  await node-agent "node $NODE_NAME Ready" 90 node_ready
+  for ((n = 0; n < NODES; n++)); do
+    first=$(($(node_octet "$n") + 1)) last=$(($(node_octet "$n") + block - 2))
+    [ "$last" -le 254 ] || last=254
+    start "node-agent-$n" "$PWD/target/debug/node-agent" \
+      --kubeconfig "$dir/node-$n.kubeconfig" --node-name "node-$n" \
+      --node-ip "10.201.$SUBNET.$(node_octet "$n")" --api-host "$NODE_IP" \
+      --pod-ips "10.201.$SUBNET.$first-10.201.$SUBNET.$last" \
+      --bridge "$BRIDGE" --api-port "$API_PORT" \
+      --state-dir "$dir/node-$n" --netns-record "$dir/netns" --netns-prefix "rpk${SUBNET}p" \
+      --kubelet-version "$(basename "$(dirname "$KUBE_BIN")")" \
+      --image "redis=$redis_server" \
+      --image "redis-pair=${REDISPAIR_BIN:-$PWD/target/debug/redis-pair}"
+  done
+  for ((n = 0; n < NODES; n++)); do
+    await "node-agent-$n" "node node-$n Ready" 90 node_ready "node-$n"
+  done
 fi
 
 say "up: export KUBECONFIG=$dir/kubeconfig   (API server $SERVER)"

@@ -11,16 +11,23 @@ pub struct Args {
     pub kubeconfig: PathBuf,
     #[arg(long)]
     pub node_name: String,
-    /// The node's address: the bridge's own, the pods' gateway and where the API server listens.
+    /// The node's address, on the bridge: its InternalIP, the pods' hostIP and gateway.
     #[arg(long)]
     pub node_ip: Ipv4Addr,
+    /// Where the API server listens (KUBERNETES_SERVICE_HOST); default --node-ip.
+    #[arg(long)]
+    pub api_host: Option<Ipv4Addr>,
+    /// The pod IPs this node hands out, FIRST-LAST within the subnet (nodes on one bridge take
+    /// disjoint ranges); default the whole subnet but the node's address.
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub pod_ips: Option<String>,
     /// The bridge the pods' veths join (made by `cluster.sh up`).
     #[arg(long)]
     pub bridge: String,
     /// Prefix length of the pods' subnet, the /N around --node-ip.
     #[arg(long, default_value_t = 24)]
     pub prefix_len: u8,
-    /// The API server's port on --node-ip: KUBERNETES_SERVICE_HOST/PORT in every container.
+    /// The API server's port: KUBERNETES_SERVICE_PORT in every container.
     #[arg(long)]
     pub api_port: u16,
     /// Pods' files (volumes, logs) go under <state-dir>/pods/<namespace>_<name>_<uid>/.

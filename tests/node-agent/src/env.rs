@@ -16,6 +16,7 @@ pub struct Context<'a> {
     pub pod: &'a Pod,
     pub pod_ip: Ipv4Addr,
     pub node_ip: Ipv4Addr,
+    pub api_host: Ipv4Addr,
     pub api_port: u16,
 }
 
@@ -34,7 +35,7 @@ pub async fn build(
             ctx.pod.metadata.name.clone().unwrap_or_default(),
         ),
         ("HOME".into(), "/root".into()),
-        ("KUBERNETES_SERVICE_HOST".into(), ctx.node_ip.to_string()),
+        ("KUBERNETES_SERVICE_HOST".into(), ctx.api_host.to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), ctx.api_port.to_string()),
         (
             "KUBERNETES_SERVICE_PORT_HTTPS".into(),
@@ -42,7 +43,7 @@ pub async fn build(
         ),
         (
             "KUBERNETES_PORT".into(),
-            format!("tcp://{}:{}", ctx.node_ip, ctx.api_port),
+            format!("tcp://{}:{}", ctx.api_host, ctx.api_port),
         ),
     ];
     for from in container.env_from.iter().flatten() {

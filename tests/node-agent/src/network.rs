@@ -39,7 +39,24 @@ impl Network {
         let mask = u32::MAX << (32 - args.prefix_len);
         let base = u32::from(args.node_ip) & mask;
         let broadcast = base | !mask;
-        let free = (base + 1..broadcast)
+        let (first, last) = match &args.pod_ips {
+            None => (base + 1, broadcast - 1),
+            Some(range) => {
+                let (first, last) = range
+                    .split_once('-')
+                    .with_context(|| format!("--pod-ips {range}: not FIRST-LAST"))?;
+                let first: Ipv4Addr = first.parse().context("--pod-ips: the first address")?;
+                let last: Ipv4Addr = last.parse().context("--pod-ips: the last address")?;
+                (u32::from(first), u32::from(last))
+            }
+        };
+        if first <= base || last >= broadcast || first > last {
+            bail!(
+                "--pod-ips: not within the node's /{} subnet",
+                args.prefix_len
+            );
+        }
+        let free = (first..=last)
             .map(Ipv4Addr::from)
             .filter(|ip| *ip != args.node_ip)
             .collect();

@@ -338,6 +338,11 @@ impl Worker {
             pod: &self.pod,
             pod_ip,
             node_ip: self.shared.args.node_ip,
+            api_host: self
+                .shared
+                .args
+                .api_host
+                .unwrap_or(self.shared.args.node_ip),
             api_port: self.shared.args.api_port,
         };
         let environment = env::build(&ctx, container).await?;
