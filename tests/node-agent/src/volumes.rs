@@ -2,10 +2,14 @@
 //! emptyDir, Secret, ConfigMap, downwardAPI and projected (which is how the ServiceAccount
 //! admission plugin adds the token, `kube-root-ca.crt` and the namespace at
 //! /var/run/secrets/kubernetes.io/serviceaccount). Tokens come from the TokenRequest API,
-//! bound to the pod, as a kubelet asks for them. I/O: the API server and files.
+//! bound to the pod, as a kubelet asks for them. The worker writes them again every
+//! [`RESYNC`] (a rotated Secret reaches the pod as it does under a kubelet; tokens only when
+//! [`TOKEN_REFRESH`] has passed). Files are replaced by rename, so a reader never sees half a
+//! file. I/O: the API server and files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -18,14 +22,26 @@ use serde_json::json;
 
 use crate::env::field_ref;
 
-/// Writes every volume of `pod` under `dir/<volume name>/`.
-pub async fn prepare(client: &kube::Client, pod: &Pod, dir: &Path) -> anyhow::Result<()> {
+/// How often a running pod's volumes are written again (a kubelet takes up to a minute and
+/// its cache's TTL; tests want a rotation seen sooner).
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// Tokens are asked for again after 80 % of their default life (3607 s), as a kubelet does.
+pub const TOKEN_REFRESH: Duration = Duration::from_secs(2880);
+
+/// Writes every volume of `pod` under `dir/<volume name>/`; ServiceAccount tokens only when
+/// `tokens` is true (the first time, then after [`TOKEN_REFRESH`]).
+pub async fn prepare(
+    client: &kube::Client,
+    pod: &Pod,
+    dir: &Path,
+    tokens: bool,
+) -> anyhow::Result<()> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     for volume in volumes.into_iter().flatten() {
         let target = dir.join(&volume.name);
         std::fs::create_dir_all(&target)?;
-        write_volume(client, pod, namespace, volume, &target)
+        write_volume(client, pod, namespace, volume, &target, tokens)
             .await
             .with_context(|| format!("volume {}", volume.name))?;
     }
@@ -38,6 +54,7 @@ async fn write_volume(
     namespace: &str,
     volume: &Volume,
     target: &Path,
+    tokens: bool,
 ) -> anyhow::Result<()> {
     if volume.empty_dir.is_some() {
         return Ok(());
@@ -62,7 +79,7 @@ async fn write_volume(
     }
     if let Some(projected) = &volume.projected {
         for source in projected.sources.iter().flatten() {
-            if let Some(token) = &source.service_account_token {
+            if let Some(token) = source.service_account_token.as_ref().filter(|_| tokens) {
                 let jwt = token_for(
                     client,
                     pod,
@@ -226,7 +243,14 @@ fn write_file(path: &Path, value: &[u8]) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, value).with_context(|| format!("writing {}", path.display()))
+    if std::fs::read(path).is_ok_and(|old| old == value) {
+        return Ok(());
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = path.with_file_name(format!(".{name}.new"));
+    std::fs::write(&temporary, value)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// The directory a volume of the pod was written to.

@@ -80,6 +80,8 @@ pub(super) struct Worker {
     view: PodView,
     slots: Vec<Slot>,
     published: Option<serde_json::Value>,
+    /// When the pod's ServiceAccount tokens were last asked for.
+    tokens_at: Instant,
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
 }
@@ -135,6 +137,7 @@ impl Worker {
             net: None,
             slots,
             published: None,
+            tokens_at: Instant::now(),
             tx,
             rx,
         }
@@ -173,6 +176,8 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.name, ip = ?self.view.pod_ip, "pod network ready");
+        let mut resync = tokio::time::interval(volumes::RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.advance().await;
             self.publish().await;
@@ -192,13 +197,32 @@ impl Worker {
                 }
                 Some(event) = self.rx.recv() => self.handle(event),
                 _ = sleep_until(next) => {}
+                _ = resync.tick() => self.resync_volumes().await,
             }
+        }
+    }
+
+    /// Secrets and ConfigMaps as they are now; tokens when they are due.
+    async fn resync_volumes(&mut self) {
+        let tokens = self.tokens_at.elapsed() >= volumes::TOKEN_REFRESH;
+        let dir = self.dir.join("volumes");
+        match volumes::prepare(&self.shared.client, &self.pod, &dir, tokens).await {
+            Ok(()) if tokens => self.tokens_at = Instant::now(),
+            Ok(()) => {}
+            Err(error) => tracing::warn!(pod = %self.name, "resyncing volumes: {error:#}"),
         }
     }
 
     async fn setup(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(self.dir.join("logs"))?;
-        volumes::prepare(&self.shared.client, &self.pod, &self.dir.join("volumes")).await?;
+        volumes::prepare(
+            &self.shared.client,
+            &self.pod,
+            &self.dir.join("volumes"),
+            true,
+        )
+        .await?;
+        self.tokens_at = Instant::now();
         if self.net.is_none() {
             let net = self.shared.network.create().await?;
             self.view.pod_ip = Some(net.ip);
