@@ -1,6 +1,7 @@
 //! The pod status as a kubelet writes it (pure): phase, IPs, the five conditions with stable
 //! transition times, and one status per container (init and sidecar containers under
-//! `initContainerStatuses`).
+//! `initContainerStatuses`). Not `qosClass`: the API server sets it at creation and it is
+//! immutable.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -181,7 +182,6 @@ impl PodView {
                 "conditions": conditions,
                 "initContainerStatuses": statuses(true),
                 "containerStatuses": statuses(false),
-                "qosClass": "BestEffort",
             }
         })
     }
