@@ -70,8 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_from(config).context("the Kubernetes client")?;
     let network = network::Network::new(&args)?;
     let images = image::Images::new(&args.image)?;
-    node::register(&client, &args).await?;
-    let lease = tokio::spawn(node::renew(client.clone(), args.clone()));
+    let since = node::register(&client, &args).await?;
+    let lease = tokio::spawn(node::renew(client.clone(), args.clone(), since));
     let pods = tokio::spawn(pods::run(client, args, network, images));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

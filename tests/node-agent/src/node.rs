@@ -19,7 +19,9 @@ const LEASE_SECONDS: i32 = 40;
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 const STATUS_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn register(client: &kube::Client, args: &Args) -> anyhow::Result<()> {
+/// Creates or takes over the Node; returns the time its conditions hold since (this agent's
+/// start), which every later status write keeps.
+pub async fn register(client: &kube::Client, args: &Args) -> anyhow::Result<String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -40,12 +42,14 @@ pub async fn register(client: &kube::Client, args: &Args) -> anyhow::Result<()> 
         }
         Err(error) => return Err(crate::api_error(error)).context("creating the Node"),
     }
-    patch_status(&nodes, args).await
+    let since = crate::time(Timestamp::now());
+    patch_status(&nodes, args, &since).await?;
+    Ok(since)
 }
 
 /// Renews the Lease forever and the Node's status every minute; an error ends the agent (a
 /// node that cannot renew is lost anyway, and a test should see why).
-pub async fn renew(client: kube::Client, args: Args) -> anyhow::Result<()> {
+pub async fn renew(client: kube::Client, args: Args, since: String) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut last_status = tokio::time::Instant::now();
@@ -55,7 +59,7 @@ pub async fn renew(client: kube::Client, args: Args) -> anyhow::Result<()> {
         let result = match result {
             Ok(()) if last_status.elapsed() >= STATUS_EVERY => {
                 last_status = tokio::time::Instant::now();
-                patch_status(&nodes, &args).await
+                patch_status(&nodes, &args, &since).await
             }
             other => other,
         };
@@ -115,12 +119,12 @@ async fn renew_lease(leases: &Api<Lease>, nodes: &Api<Node>, args: &Args) -> any
     }
 }
 
-async fn patch_status(nodes: &Api<Node>, args: &Args) -> anyhow::Result<()> {
+async fn patch_status(nodes: &Api<Node>, args: &Args, since: &str) -> anyhow::Result<()> {
     let now = crate::time(Timestamp::now());
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
         json!({
             "type": kind, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
+            "lastHeartbeatTime": now, "lastTransitionTime": since,
         })
     };
     let resources =
