@@ -55,8 +55,10 @@ pub const ROLE_LABEL: &str = "redispair.io/role";
     printcolumn = r#"{"name":"Last-Failover","type":"string","jsonPath":".status.lastFailover.reason","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
+// In milliseconds, not `duration(string(...) + 's')`: the real API server estimates the cost
+// of building a string of unbounded length and refuses the whole CRD (100x over budget).
 #[x_kube(validation = Rule::new(
-    "!self.fencing.enabled || duration(self.failover.downAfter) >= duration(string(self.fencing.maxLagSeconds + 2) + 's') + duration(self.failover.probeInterval)"
+    "!self.fencing.enabled || duration(self.failover.downAfter).getMilliseconds() >= (self.fencing.maxLagSeconds + 2) * 1000 + duration(self.failover.probeInterval).getMilliseconds()"
 ).message(
     "failover.downAfter must be at least fencing.maxLagSeconds + 2s + failover.probeInterval: a master cut off from its replicas may take writes for up to maxLagSeconds + 2s, and no replica may be promoted before it stops"
 ))]
