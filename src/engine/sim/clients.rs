@@ -1,4 +1,4 @@
-//! The writer: what every application behind a sidecar does. Every `WRITE_EVERY` it sends a
+//! The writer: what every application behind a sidecar does. Every tick it sends a
 //! write with a unique id to the server the newest publication names, if that server answers
 //! as master (the sidecar's check). A write waits while the server is paused or stalled, up
 //! to the client's timeout (then its outcome is unknown and it is dropped: the client closed
@@ -7,50 +7,37 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::world::{Ack, Shared, World, lock};
+use super::world::{Ack, World};
 use crate::engine::model::Role;
 
-const WRITE_EVERY: Duration = Duration::from_millis(50);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a waiting write looks whether the server lets it through.
-const WAIT_STEP: Duration = Duration::from_millis(10);
 
-pub(super) async fn writer(world: Shared, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(WRITE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let Some((server, epoch)) = route(&lock(&world)) else {
-            continue;
-        };
-        let mut write = {
-            let world = lock(&world);
+/// One step of the writer, every tick (the writer runs on the model's ticker: one event
+/// source fewer keeps a schedule cheap): the write under way waits or ends, else a new one is
+/// sent.
+pub(super) fn step(world: &mut World) {
+    let mut write = match world.writer.take() {
+        Some(write) => write,
+        None => {
+            let Some(server) = world.published_master() else {
+                return;
+            };
             Pending {
                 server,
-                routed_epoch: epoch,
+                routed_epoch: world.store.published.epoch,
                 sent: world.now(),
                 incarnation: *world.servers[server].incarnation.borrow(),
                 through_stall: false,
             }
-        };
-        loop {
-            let attempted = attempt(&mut lock(&world), &mut write);
-            match attempted {
-                Attempt::Done => break,
-                Attempt::Wait => tokio::time::sleep(WAIT_STEP).await,
-            }
         }
+    };
+    if let Attempt::Wait = attempt(world, &mut write) {
+        world.writer = Some(write);
     }
 }
 
 /// A write on its way: where it went, under which publication, on which connection.
-struct Pending {
+pub(super) struct Pending {
     server: usize,
     routed_epoch: u64,
     sent: Duration,

@@ -23,8 +23,8 @@
 //! ```text
 //!  seed → schedule (faults at virtual times)
 //!    → world: three servers (s0 master, s1 s2 replicas) with data, epoch 1 published
-//!    → engine, ticker (replication every 100 ms), writer, fault driver on one thread
-//!    → fault phase (30 s virtual), heal everything, quiet period (40 s virtual)
+//!    → engine, ticker (replication and a write every 100 ms), fault driver, one thread
+//!    → fault phase (30 s virtual), heal everything, quiet period (25 s virtual)
 //!    → invariants after every event and once the dust settled
 //! ```
 
@@ -64,11 +64,12 @@ const STORE_DEADLINE: Duration = Duration::from_secs(5);
 /// Redis's `repl-timeout`: how long a silently cut link still looks up.
 const REPL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How far behind (in writes) a replica may be and still resync partially.
-const BACKLOG: u64 = 100;
-/// How often the model moves replication streams and acknowledgements along.
+const BACKLOG: u64 = 40;
+/// How often the model moves replication streams and acknowledgements along, and the
+/// writer sends a write.
 const TICK: Duration = Duration::from_millis(100);
 const FAULT_PHASE: Duration = Duration::from_secs(30);
-const QUIET: Duration = Duration::from_secs(40);
+const QUIET: Duration = Duration::from_secs(25);
 
 /// What one schedule did.
 struct Outcome {
@@ -137,7 +138,6 @@ async fn simulate(seed: u64) -> Outcome {
     let tasks = [
         tokio::spawn(engine.run(shutdown.clone())),
         tokio::spawn(redis::ticker(world.clone(), shutdown.clone())),
-        tokio::spawn(clients::writer(world.clone(), shutdown.clone())),
     ];
     schedule::drive(&world, &handle, &schedule, start).await;
     tokio::time::sleep_until(start + FAULT_PHASE).await;

@@ -307,6 +307,7 @@ impl World {
         for replica in 0..self.servers.len() {
             self.replication_step(replica, now);
         }
+        super::clients::step(self);
         super::invariants::periodic(self, now);
     }
 
@@ -527,7 +528,7 @@ impl World {
     }
 }
 
-/// Moves replication along every `TICK` until shut down.
+/// Moves replication and the writer along every `TICK` until shut down.
 pub(super) async fn ticker(world: Shared, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(TICK);
     loop {

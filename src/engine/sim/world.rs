@@ -82,6 +82,8 @@ pub(super) struct World {
     pub servers: Vec<Server>,
     pub store: Store,
     pub writes: Writes,
+    /// The writer's write under way, if any.
+    pub writer: Option<super::clients::Pending>,
     /// What `Publisher::may_act` answers.
     pub lease: bool,
     /// Members the engine was told are leaving.
@@ -104,6 +106,7 @@ impl World {
             servers: Vec::new(),
             store: Store::default(),
             writes: Writes::default(),
+            writer: None,
             lease: true,
             leaving: vec![false; schedule.servers],
             violations: Vec::new(),
