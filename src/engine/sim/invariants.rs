@@ -84,7 +84,10 @@ pub(super) fn on_publication(world: &mut World, next: &Published, reason: Reason
     if matches!(reason, Reason::Switchover | Reason::MasterLeaving) {
         // Everything the old master holds moves; what an earlier failover lost is not this
         // move's doing.
+        // The process that was published: one that restarted (empty, say) and took writes
+        // meanwhile is a failover's business (rule 2), not the hand-over's.
         let on_old: HashSet<u64> = old
+            .filter(|o| previous.run_id.as_deref() == Some(world.servers[*o].run_id.as_str()))
             .map(|o| world.servers[o].data.iter().copied().collect())
             .unwrap_or_default();
         let lost: Vec<&Ack> = missing.iter().filter(|a| on_old.contains(&a.id)).collect();
@@ -145,7 +148,11 @@ fn witness(world: &World, ack: &Ack, chosen: usize, old: Option<usize>) -> Optio
     let slack = PROBE_INTERVAL + Duration::from_millis(500);
     world.servers.iter().enumerate().find_map(|(i, s)| {
         let position = s.data.iter().position(|id| *id == ack.id)? as u64;
+        // Ahead on the chosen one's own branch: a server whose history forked from it (an
+        // old master that kept its last writes) holds what an earlier failover lost.
+        let ahead = s.data.starts_with(&world.servers[chosen].data);
         let fit = i != chosen
+            && ahead
             && Some(i) != old
             && s.running
             && s.role == Role::Replica

@@ -56,13 +56,14 @@ impl SimRedis {
             if !s.running {
                 return Err(error(FailureKind::Refused, "connection refused"));
             }
-            if s.full {
+            let stalled = s.stalled_since.is_some();
+            // A hung server cannot even refuse: it says nothing.
+            if !stalled && s.partitioned_since.is_none() && s.full {
                 return Err(error(
                     FailureKind::MaxClients,
                     "max number of clients reached",
                 ));
             }
-            let stalled = s.stalled_since.is_some();
             if stalled || s.partitioned_since.is_some() {
                 if let Some(command) = command
                     && world.rng.chance(50)
