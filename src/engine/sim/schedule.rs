@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::redis::Link;
 use super::world::{Rng, Shared, World, lock};
 use super::{FAULT_PHASE, set_leaving};
 use crate::engine::model::{Endpoint, Role};
@@ -38,6 +39,9 @@ pub(super) enum Fault {
     Partition(Who, Duration),
     /// Its replication link is cut silently for a while.
     Cut(Who, Duration),
+    /// Its replication connection is reset: it reconnects and resyncs (partially if the
+    /// master's backlog still covers what it missed).
+    LinkReset(Who),
     /// Its replication stream runs this far behind for a while.
     Lag(Who, Duration, Duration),
     /// At `maxclients` for a while.
@@ -251,8 +255,13 @@ fn episode_faults(rng: &mut Rng, episode: usize, servers: usize) -> Vec<(Duratio
         8 => {
             // Cut long enough to overflow the backlog, then the master hangs while the replica
             // full-syncs; with three servers the other replica is gone too.
-            let cut = rng.between(secs(6.0), secs(9.0));
-            let mut faults = vec![(Duration::ZERO, Fault::Cut(Who::Replica(0), cut))];
+            // (The fence refuses writes for the first seconds of the cut: 8 s and more leave
+            // enough writes behind to overflow the backlog.)
+            let cut = rng.between(secs(8.0), secs(12.0));
+            let mut faults = vec![
+                (Duration::ZERO, Fault::Cut(Who::Replica(0), cut)),
+                (cut + secs(0.05), Fault::LinkReset(Who::Replica(0))),
+            ];
             if other > 1 {
                 faults.push((
                     cut,
@@ -406,6 +415,13 @@ fn inject(world_ref: &Shared, handle: &EngineHandle, fault: Fault) {
             let server = resolve(&world, who);
             world.servers[server].cut = true;
             later(world_ref, length, move |w| w.servers[server].cut = false);
+        }
+        Fault::LinkReset(who) => {
+            let server = resolve(&world, who);
+            let s = &mut world.servers[server];
+            if s.role == Role::Replica && s.link != Link::None {
+                s.link = Link::Connecting;
+            }
         }
         Fault::Lag(who, delay, length) => {
             let server = resolve(&world, who);
