@@ -24,8 +24,8 @@
 //!    until that server is down.
 //! 5. With nothing published the existing topology is kept: a server holding the last
 //!    published data is preferred; at start-up (or when every member answers and none holds
-//!    it) an existing master is published rather than promoting anything, the one with more
-//!    data (keys, then offset) if two.
+//!    that data, not even one that may not be promoted) an existing master is published
+//!    rather than promoting anything, the one with more data (keys, then offset) if two.
 //! 6. A server that is leaving (its pod is being deleted) is never chosen as a new master. A
 //!    published master that is leaving is handed over by a planned switchover to a replica
 //!    that is ready ([`switchover_target`]), so a rolling restart loses no write.
@@ -211,6 +211,7 @@ pub fn switchover_target(
             Err(why) => unfit.push((server.endpoint.clone(), why)),
         }
     }
+    unfit.sort_by(|a, b| a.0.cmp(&b.0));
     ready
         .iter()
         .max_by(|a, b| view.more_caught_up(a, b))
@@ -300,14 +301,16 @@ impl<'a> View<'a> {
                 if !restarted {
                     return self.keep_master(master, info);
                 }
-                match self.takeover(Some(master)) {
+                // A new process: it is a candidate like any other, by its history (a restart
+                // from a snapshot may keep it; an empty restart starts a new one).
+                match self.takeover(None) {
                     Takeover::To(chosen, chosen_info) => {
                         self.make_master(chosen, chosen_info, Reason::MasterRestarted)
                     }
                     Takeover::Wait(waiting) => Plan::waiting(waiting),
-                    // The restarted process is all there is (every member answers and none
-                    // holds the data): a new incarnation, republished under a new epoch.
-                    Takeover::Nobody(_) if self.all_answer() => {
+                    // The data is gone from every member (all answer, none holds it): the
+                    // restarted process is all there is, republished as a new incarnation.
+                    Takeover::Nobody(_) if self.history_is_gone() => {
                         self.make_master(master, info, Reason::MasterRestarted)
                     }
                     Takeover::Nobody(unfit) => Plan {
@@ -373,6 +376,9 @@ impl<'a> View<'a> {
             // it `down_after` costs seconds, choosing wrong costs data.
             return Plan::waiting(Waiting::ServersFailing);
         }
+        if self.up().next().is_none() {
+            return Plan::waiting(Waiting::NothingUp);
+        }
         let reason = if self.published.epoch == 0 {
             Reason::Initial
         } else {
@@ -384,7 +390,7 @@ impl<'a> View<'a> {
             match self.takeover(None) {
                 Takeover::To(chosen, info) => return self.make_master(chosen, info, reason),
                 Takeover::Wait(waiting) => return Plan::waiting(waiting),
-                Takeover::Nobody(unfit) if !self.all_answer() => {
+                Takeover::Nobody(unfit) if !self.history_is_gone() => {
                     return Plan::waiting(Waiting::NoCandidate { unfit });
                 }
                 Takeover::Nobody(_) => {}
@@ -405,7 +411,7 @@ impl<'a> View<'a> {
             Some((chosen, info)) => self.make_master(chosen, info, reason),
             None if self.up().next().is_none() => Plan::waiting(Waiting::NothingUp),
             None => Plan::waiting(Waiting::NoCandidate {
-                unfit: self.unfit_all(None),
+                unfit: self.unfit_all(),
             }),
         }
     }
@@ -423,6 +429,7 @@ impl<'a> View<'a> {
                 Err(why) => unfit.push((server.endpoint.clone(), why)),
             }
         }
+        unfit.sort_by(|a, b| a.0.cmp(&b.0));
         let best = fit.iter().max_by(|a, b| self.more_caught_up(a, b)).copied();
         // Rule 4: a failing server known to be further along (it held data of this history
         // when it last answered, or the master said so) is waited for until it is down.
@@ -545,15 +552,12 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The published master's last answer, if it came from the published process.
+    /// The published master's last answer, if it certainly came from the published process
+    /// (its run_id is known and the same).
     fn published_master_seen(&self) -> Option<&'a RedisInfo> {
         let master = self.published.master.as_ref()?;
         let seen = self.server(master)?.last_seen.as_ref()?;
-        let same = self
-            .published
-            .run_id
-            .as_deref()
-            .is_none_or(|run_id| run_id == seen.run_id);
+        let same = self.published.run_id.as_deref() == Some(seen.run_id.as_str());
         (same && seen.role == Role::Master).then_some(seen)
     }
 
@@ -579,22 +583,28 @@ impl<'a> View<'a> {
             .then(b.0.cmp(a.0))
     }
 
-    fn all_answer(&self) -> bool {
+    /// The published data is gone from the whole group: every member answers and none holds
+    /// it (not even one that may not be promoted). Only then may other data be made the
+    /// master's: while a holder exists or a member is away, the pair waits.
+    fn history_is_gone(&self) -> bool {
         self.servers
             .iter()
             .all(|s| matches!(self.liveness(s), Liveness::Up(_)))
+            && !self.up().any(|(_, info)| self.holds_history(info))
     }
 
-    fn unfit_all(&self, except: Option<&Endpoint>) -> Vec<(Endpoint, Unfit)> {
-        self.servers
+    fn unfit_all(&self) -> Vec<(Endpoint, Unfit)> {
+        let mut unfit: Vec<_> = self
+            .servers
             .iter()
-            .filter(|s| Some(&s.endpoint) != except)
             .filter_map(|s| {
                 self.failover_fitness(s)
                     .err()
                     .map(|why| (s.endpoint.clone(), why))
             })
-            .collect()
+            .collect();
+        unfit.sort_by(|a, b| a.0.cmp(&b.0));
+        unfit
     }
 
     /// "No master" under the next epoch, keeping the name of the data that is waited for.

@@ -171,7 +171,12 @@ impl Server {
     }
     /// What a failed server said when it last answered.
     fn was(mut self, before: Server) -> Self {
-        self.0.last_seen = before.0.info().cloned();
+        self.0.last_seen = before.0.info().cloned().map(|mut info| {
+            if let Some(view) = before.1 {
+                info.replicas = view;
+            }
+            info
+        });
         self
     }
 }
@@ -512,7 +517,10 @@ fn published_master_missing_from_the_group_is_replaced() {
 #[test]
 fn master_that_restarted_is_failed_over_so_its_replicas_keep_their_data() {
     let plan = decide_at(
-        &[master(1).run_id("fresh").keys(0), replica(2, 1).keys(1000)],
+        &[
+            master(1).run_id("fresh").history("empty").keys(0).offset(0),
+            replica(2, 1).keys(1000),
+        ],
         &published(1, Some(1)),
         0.0,
     );
@@ -631,7 +639,7 @@ fn leaving_master_is_not_handed_over_to_a_leaving_or_unsynced_replica() {
         plan.waiting,
         Some(Waiting::NoSwitchoverTarget {
             master: ep(1),
-            unfit: vec![]
+            unfit: vec![(ep(2), Unfit::Leaving), (ep(3), Unfit::NotReplicating)]
         })
     );
 }
@@ -936,7 +944,13 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
         .prop_flat_map(|ports| {
             let probes = ports
                 .iter()
-                .map(|_| (arb_probe(PORTS.collect()), proptest::bool::weighted(0.25)))
+                .map(|_| {
+                    (
+                        arb_probe(PORTS.collect()),
+                        proptest::bool::weighted(0.25),
+                        arb_probe(PORTS.collect()),
+                    )
+                })
                 .collect::<Vec<_>>();
             let published = (
                 0u64..5,
@@ -949,7 +963,7 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
                     // 3: a run not known, as after a controller restart.
                     run_id: master.filter(|_| run < 3).map(|_| format!("run-{run}")),
                     // 0: published by an older version, the history not known.
-                    replid: (run > 0).then(|| HISTORY.to_owned()),
+                    replid: (run > 0 && epoch > 0).then(|| HISTORY.to_owned()),
                 });
             (
                 Just(ports),
@@ -962,11 +976,15 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
             let servers = ports
                 .into_iter()
                 .zip(probes)
-                .map(|(port, (probe, leaving))| ServerState {
+                .map(|(port, (probe, leaving, before))| ServerState {
                     endpoint: ep(port),
                     probe,
                     leaving,
-                    last_seen: None,
+                    // What a failed server said when it last answered, if it ever did.
+                    last_seen: match before {
+                        Probe::Up(info) => Some(info),
+                        Probe::Failed { .. } => None,
+                    },
                 })
                 .collect::<Vec<_>>();
             (with_views(servers), published, policy)
@@ -1045,10 +1063,14 @@ fn master_of_the_plan<'a>(published: &'a Published, plan: &'a Plan) -> Option<&'
         .map_or(published.master.as_ref(), |(next, _)| next.master.as_ref())
 }
 
+/// Whether `master` has a replica in sync, the way `with_views` builds the master's own view:
+/// a replica naming it with its link up. A server that is not a master yet (one the plan
+/// promotes) has none.
 fn has_replica_in_sync(servers: &[ServerState], master: &Endpoint) -> bool {
-    servers.iter().filter_map(ServerState::info).any(|info| {
-        info.role == Role::Replica && info.link_up && info.master.as_ref() == Some(master)
-    })
+    info_of(servers, master).is_some_and(|m| m.role == Role::Master)
+        && servers.iter().filter_map(ServerState::info).any(|info| {
+            info.role == Role::Replica && info.link_up && info.master.as_ref() == Some(master)
+        })
 }
 
 // Each property is a plain function over (world, publication, policy, plan) so that the
@@ -1057,7 +1079,15 @@ fn has_replica_in_sync(servers: &[ServerState], master: &Endpoint) -> bool {
 
 type Property = fn(&[ServerState], &Published, &Policy, &Plan) -> Result<(), TestCaseError>;
 
-const PROPERTIES: [(&str, Property); 8] = [
+const PROPERTIES: [(&str, Property); 10] = [
+    (
+        "a new master holds the published history while any answering server holds it",
+        new_master_keeps_the_published_history,
+    ),
+    (
+        "nothing is promoted or published over a failing server known to be further along",
+        failing_server_further_along_is_waited_for,
+    ),
     (
         "a publication names one answering master under the next epoch",
         publication_names_one_answering_master,
@@ -1118,6 +1148,74 @@ fn publication_names_one_answering_master(
     Ok(())
 }
 
+fn new_master_keeps_the_published_history(
+    servers: &[ServerState],
+    published: &Published,
+    _policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let Some((next, _)) = &plan.publish else {
+        return Ok(());
+    };
+    let Some(new) = next
+        .master
+        .as_ref()
+        .filter(|m| Some(*m) != published.master.as_ref())
+    else {
+        return Ok(());
+    };
+    let holders: Vec<&Endpoint> = servers
+        .iter()
+        .filter(|s| {
+            s.info()
+                .is_some_and(|i| holds_published_data(servers, published, i))
+        })
+        .map(|s| &s.endpoint)
+        .collect();
+    let info = info_of(servers, new);
+    prop_assert!(
+        holders.is_empty() || info.is_some_and(|i| holds_published_data(servers, published, i)),
+        "published {} although {:?} hold the published history",
+        new,
+        holders
+    );
+    Ok(())
+}
+
+fn failing_server_further_along_is_waited_for(
+    servers: &[ServerState],
+    published: &Published,
+    policy: &Policy,
+    plan: &Plan,
+) -> Result<(), TestCaseError> {
+    let new = plan
+        .publish
+        .as_ref()
+        .and_then(|(next, _)| next.master.as_ref())
+        .filter(|m| Some(*m) != published.master.as_ref());
+    let (Some(new), Some(_)) = (new, &published.replid) else {
+        return Ok(());
+    };
+    let Some(new_info) = info_of(servers, new) else {
+        return Ok(());
+    };
+    for s in servers {
+        let failing = matches!(s.probe, Probe::Failed { .. }) && !is_down(&s.probe, policy, NOW);
+        let ahead = s.last_seen.as_ref().is_some_and(|seen| {
+            seen.priority > 0
+                && holds_published_data(servers, published, seen)
+                && seen.offset > new_info.offset
+        });
+        prop_assert!(
+            !(failing && ahead && Some(&s.endpoint) != published.master.as_ref()),
+            "made {} the master while {}, further along, is only failing",
+            new,
+            s.endpoint
+        );
+    }
+    Ok(())
+}
+
 fn promotion_is_the_most_caught_up_candidate(
     servers: &[ServerState],
     published: &Published,
@@ -1136,17 +1234,39 @@ fn promotion_is_the_most_caught_up_candidate(
     }
     prop_assert!(info.priority > 0, "promoted a priority-0 replica");
     prop_assert!(info.synced, "promoted a replica that never synced");
+    prop_assert!(!info.sync_in_progress, "promoted a replica in a full sync");
+    // Unless the history is gone from every member (all answer, none holds it): then what
+    // exists is all there is.
+    let all_answer = servers.iter().all(|s| s.info().is_some());
+    let history_survives = servers
+        .iter()
+        .filter_map(ServerState::info)
+        .any(|i| holds_published_data(servers, published, i));
+    prop_assert!(
+        !history_survives || holds_published_data(servers, published, info),
+        "promoted {} over the published history, which a server still holds",
+        promoted
+    );
+    prop_assert!(
+        holds_published_data(servers, published, info) || (all_answer && !history_survives),
+        "promoted {}, which does not hold the published history",
+        promoted
+    );
     for s in servers {
         let Some(other) = s.info() else { continue };
-        let candidate = is_promotable(other) || (other.role == Role::Master && other.priority > 0);
-        let eligible = candidate && !s.leaving && Some(&s.endpoint) != published.master.as_ref();
+        let eligible = other.priority > 0
+            && (other.synced || other.role != Role::Replica)
+            && !other.sync_in_progress
+            && holds_published_data(servers, published, other)
+            && !s.leaving
+            && Some(&s.endpoint) != published.master.as_ref();
         prop_assert!(
             !eligible || more_caught_up(&(promoted, info), &(&s.endpoint, other)) != Ordering::Less,
             "{} is more caught up than the promoted {}",
             s.endpoint,
             promoted
         );
-        // A master nobody published wins a tie (rule 5): a replica promoted over it is ahead.
+        // A master nobody published wins a tie (rule 4): a replica promoted over it is ahead.
         prop_assert!(
             !eligible || other.role != Role::Master || info.offset > other.offset,
             "promoted {} over {}, a master nobody published that is as caught up",
@@ -1155,6 +1275,47 @@ fn promotion_is_the_most_caught_up_candidate(
         );
     }
     Ok(())
+}
+
+/// Rule 3 stated independently: of the published history (its replid, or promoted from it),
+/// or, with the history not known, a synced replica of the published master.
+fn holds_published_data(servers: &[ServerState], published: &Published, info: &RedisInfo) -> bool {
+    match &published.replid {
+        Some(history) => {
+            // The published master's own history counts too when it is the published process
+            // (after its promotion its replicas carry its new replid).
+            let mut ids = vec![history.clone()];
+            if let Some(seen) = published
+                .master
+                .as_ref()
+                .and_then(|m| servers.iter().find(|s| &s.endpoint == m))
+                .and_then(|s| s.last_seen.as_ref())
+                .filter(|seen| {
+                    seen.role == Role::Master
+                        && published.run_id.as_deref() == Some(seen.run_id.as_str())
+                })
+            {
+                ids.push(seen.replid.clone());
+                ids.extend(seen.replid2.clone());
+            }
+            let of_history = ids.contains(&info.replid)
+                || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
+            match info.role {
+                Role::Replica => info.synced && of_history,
+                Role::Master => {
+                    of_history || published.run_id.as_deref() == Some(info.run_id.as_str())
+                }
+            }
+        }
+        // Nothing known to compare with (start-up): any data is the data.
+        None if published.master.is_none() => true,
+        None => {
+            info.role == Role::Replica
+                && info.synced
+                && info.master.is_some()
+                && info.master == published.master
+        }
+    }
 }
 
 fn repointed_servers_follow_the_master_of_the_plan(
@@ -1255,7 +1416,11 @@ fn leaving_master_is_handed_over_to_the_best_replica_in_sync(
             .filter(|s| !s.leaving)
             .filter_map(|s| s.info().map(|info| (&s.endpoint, info)))
             .filter(|(_, info)| {
-                is_promotable(info) && info.link_up && info.master.as_ref() == Some(master)
+                is_promotable(info)
+                    && info.link_up
+                    && info.master.as_ref() == Some(master)
+                    && !info.sync_in_progress
+                    && holds_published_data(servers, published, info)
             })
             .collect::<Vec<_>>()
     };
@@ -1569,4 +1734,242 @@ fn every_fencing_property_holds_on_every_world_of_two_servers() {
     ];
     let worlds = check_every_world(&[1, 2], &fences, &every_leaving, &POLICIES);
     assert!(worlds > 100_000, "the domain shrank to {worlds} worlds");
+}
+
+// ---- issue 14: the failures found by fault injection --------------------------------------
+
+#[test]
+fn an_unknown_publication_is_read_back_before_anything_else() {
+    // Rule 0: even with the master gone and a perfect candidate, nothing moves on a guess.
+    let plan = super::decide(
+        &world(&[refused(1), replica(2, 1)]),
+        &Publication::Unsettled,
+        &POLICY,
+        secs(10.0),
+    );
+    assert!(plan.reread);
+    assert_eq!(plan.promote, None);
+    assert_eq!(plan.publish, None);
+    assert!(plan.replicate.is_empty());
+    assert_eq!(plan.waiting, Some(Waiting::PublicationUnknown));
+}
+
+#[test]
+fn a_replica_restarted_empty_as_a_master_is_never_promoted_over_a_hung_master() {
+    // Failure 3: the master hangs; its only replica restarts without data and comes back as
+    // a master of a new, empty history. Once the master is down, nothing may take over.
+    let plan = decide_at(
+        &[
+            failed(1, FailureKind::Timeout, 0.0).was(master(1)),
+            master(2)
+                .run_id("restarted")
+                .history("empty")
+                .offset(0)
+                .keys(0),
+        ],
+        &published(4, Some(1)),
+        5.0,
+    );
+    assert_eq!(plan.promote, None);
+    assert_eq!(publishes(&plan), Some((None, 5, Reason::NoMasterReachable)));
+    assert!(plan.replicate.is_empty(), "{plan:?}");
+    let (no_master, _) = plan.publish.as_ref().expect("publishes no master");
+    assert_eq!(
+        no_master.replid.as_deref(),
+        Some(HISTORY),
+        "the data waited for is named"
+    );
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::NoCandidate {
+            unfit: vec![(ep(2), Unfit::OtherHistory)]
+        })
+    );
+}
+
+#[test]
+fn when_the_hung_master_answers_again_it_is_republished_and_the_empty_one_repointed() {
+    // Failure 3, continued: "no master" published, the old master answers again.
+    let mut no_master = published(5, None);
+    no_master.run_id = Some("run-1".into());
+    let plan = decide_at(
+        &[
+            master(1),
+            master(2)
+                .run_id("restarted")
+                .history("empty")
+                .offset(0)
+                .keys(0),
+        ],
+        &no_master,
+        30.0,
+    );
+    assert_eq!(publishes(&plan), Some((Some(1), 6, Reason::Recovered)));
+    assert_eq!(plan.replicate, vec![(ep(2), ep(1))]);
+}
+
+#[test]
+fn a_master_promoted_from_the_history_is_kept_over_promoting_another() {
+    // Rule 3's other half: an engine promoted a replica and died before publishing; that
+    // master holds the history (replid2) and is the most caught up.
+    let plan = decide_at(
+        &[
+            refused(1),
+            master(2).promoted_from(HISTORY).offset(1200),
+            replica(3, 1).offset(1100),
+        ],
+        &published(4, Some(1)),
+        0.0,
+    );
+    assert_eq!(plan.promote, None);
+    assert_eq!(publishes(&plan), Some((Some(2), 5, Reason::MasterDown)));
+}
+
+#[test]
+fn a_stale_replica_is_not_promoted_while_the_caught_up_one_is_only_slow() {
+    // Failure 4: C (3) was silently cut off; 5000 writes reached B (2) only; B stalls, the
+    // master is killed. C may not take over while B is failing but not down.
+    let servers = [
+        refused(1).was(
+            master(1)
+                .offset(6000)
+                .sees(&[(2, true, 6000, 0), (3, true, 1000, 0)]),
+        ),
+        failed(2, FailureKind::Timeout, 4.5).was(replica(2, 1).offset(6000)),
+        replica(3, 1).offset(1000),
+    ];
+    let plan = decide_at(&servers, &published(4, Some(1)), 5.0);
+    assert!(plan.is_noop(), "{plan:?}");
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::CandidateBehind {
+            candidate: ep(3),
+            ahead: ep(2)
+        })
+    );
+    // Once B is down for down_after, C is all there is.
+    let later = decide_at(
+        &servers,
+        &published(4, Some(1)),
+        4.5 + DOWN_AFTER.as_secs_f64(),
+    );
+    assert_eq!(later.promote, Some(ep(3)));
+}
+
+#[test]
+fn the_masters_last_word_ranks_candidates_above_their_own() {
+    // Failure 4, second half: the replicas' own offsets are stale (probed earlier), the
+    // master's last INFO says 2 acknowledged more than 3.
+    let plan = decide_at(
+        &[
+            refused(1).was(master(1).sees(&[(2, true, 900, 0), (3, true, 800, 0)])),
+            replica(2, 1).offset(500),
+            replica(3, 1).offset(700),
+        ],
+        &published(4, Some(1)),
+        0.0,
+    );
+    assert_eq!(plan.promote, Some(ep(2)));
+}
+
+#[test]
+fn the_fence_follows_the_masters_view_not_the_replicas_link() {
+    // Failure 5: the replica's link still looks up (repl-timeout), but the master has not
+    // heard from it for longer than max_lag: the fence comes off.
+    let plan = decide_fenced(
+        &[
+            master(1).fence(1, 5).sees(&[(2, true, 1000, 9)]),
+            replica(2, 1),
+        ],
+        &published(3, Some(1)),
+    );
+    assert_eq!(
+        plan.fence,
+        Some((
+            ep(1),
+            MinReplicas {
+                to_write: 0,
+                max_lag_secs: 5
+            }
+        ))
+    );
+    // And it goes on again when the master hears from a replica within max_lag.
+    let plan = decide_fenced(
+        &[
+            master(1).fence(0, 5).sees(&[(2, true, 1000, 1)]),
+            replica(2, 1),
+        ],
+        &published(3, Some(1)),
+    );
+    assert_eq!(plan.fence.map(|(_, f)| f.to_write), Some(1));
+}
+
+#[test]
+fn a_master_at_maxclients_is_never_down() {
+    // Failure 9: it answers new connections with "max number of clients reached"; its old
+    // clients may still write to it, so failing it over would make two masters.
+    let full = failed(1, FailureKind::MaxClients, 0.0);
+    assert!(!is_down(&full.0.probe, &POLICY, secs(3600.0)));
+    let plan = decide_at(&[full, replica(2, 1)], &published(3, Some(1)), 3600.0);
+    assert_eq!(plan.promote, None);
+    assert_eq!(plan.publish, None);
+    assert_eq!(plan.waiting, Some(Waiting::MasterFailing { master: ep(1) }));
+}
+
+#[test]
+fn a_replica_in_a_full_sync_is_neither_promoted_nor_handed_the_master() {
+    // Failure 10: the replacement replica is Ready before its sync is done.
+    let plan = decide_at(
+        &[refused(1), replica(2, 1).syncing()],
+        &published(3, Some(1)),
+        0.0,
+    );
+    assert_eq!(plan.promote, None);
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::NoCandidate {
+            unfit: vec![(ep(2), Unfit::Syncing)]
+        })
+    );
+    let plan = decide_at(
+        &[master(1).leaving(), replica(2, 1).syncing()],
+        &published(3, Some(1)),
+        0.0,
+    );
+    assert_eq!(plan.switch_over, None);
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::NoSwitchoverTarget {
+            master: ep(1),
+            unfit: vec![(ep(2), Unfit::Syncing)]
+        })
+    );
+}
+
+#[test]
+fn a_switchover_target_the_master_does_not_see_is_not_ready() {
+    // The replica's link looks up, the master's view says otherwise (a silent cut).
+    let servers = world(&[master(1).sees(&[(2, false, 0, 40)]), replica(2, 1)]);
+    assert_eq!(
+        switchover_target(&servers, &published(3, Some(1)), &ep(1), None),
+        Err(vec![(ep(2), Unfit::NotReplicating)])
+    );
+    let servers = world(&[master(1), replica(2, 1)]);
+    assert_eq!(
+        switchover_target(&servers, &published(3, Some(1)), &ep(1), Some(&ep(2))),
+        Ok(ep(2))
+    );
+}
+
+#[test]
+fn the_switchover_pause_outlasts_every_step_at_its_deadline() {
+    // Failure 2: the steps after the catch-up may each take their deadline.
+    let (catch_up, redis, api) = (secs(5.0), secs(1.0), secs(5.0));
+    let pause = pause_length(catch_up, redis, api);
+    let every_step = catch_up + redis * 5 + api * 3;
+    assert!(pause > every_step, "{pause:?} <= {every_step:?}");
+    // The check before the promotion: whatever is left must cover the remaining steps.
+    let remaining = api * 3 + redis * 3;
+    assert!(pause_holds(pause, catch_up, remaining));
+    assert!(!pause_holds(pause, pause - remaining, remaining));
 }
