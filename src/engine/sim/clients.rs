@@ -47,13 +47,6 @@ pub(super) struct Pending {
     through_stall: bool,
 }
 
-/// The newest publication's master and epoch.
-fn route(world: &World) -> Option<(usize, u64)> {
-    world
-        .published_master()
-        .map(|m| (m, world.store.published.epoch))
-}
-
 enum Attempt {
     Done,
     Wait,

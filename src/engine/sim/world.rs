@@ -102,7 +102,7 @@ impl World {
     pub fn new(seed: u64, schedule: &Schedule) -> Self {
         let mut world = World {
             start: Instant::now(),
-            rng: Rng::new(seed ^ 0x5EED_0F_5EED),
+            rng: Rng::new(seed ^ 0x005E_ED0F_5EED),
             servers: Vec::new(),
             store: Store::default(),
             writes: Writes::default(),
