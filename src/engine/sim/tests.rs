@@ -36,7 +36,8 @@ fn run_many(seeds: impl Iterator<Item = u64>, label: &str) -> (Vec<Outcome>, Dur
 /// deadline), the chosen server can restart empty; `execute` and the switchover promote and
 /// publish it anyway, and `history_after_promotion` makes its new, empty history the
 /// published one: the old master is then resynced from it and every acknowledged write is
-/// lost. Replay one with `SIM_SEED=356`. Remove this list when the runner re-checks the
+/// lost. A target that began a full sync meanwhile is promoted mid-sync the same way (seed
+/// 1448). Replay one with `SIM_SEED=356`. Remove this list when the runner re-checks the
 /// chosen server's run_id (and history) right before it promotes and publishes it.
 const KNOWN_ENGINE_BUG: [u64; 19] = [
     310, 356, 471, 839, 876, 910, 941, 1051, 1130, 1233, 1394, 1448, 1552, 1563, 1659, 1741, 1763,
