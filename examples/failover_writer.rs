@@ -92,8 +92,7 @@ fn parse_args() -> Args {
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn one_line(e: impl std::fmt::Display) -> String {
@@ -167,10 +166,10 @@ async fn connect_via_sentinel(a: &Args) -> Result<(MultiplexedConnection, String
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> std::io::Result<()> {
     let a = parse_args();
     let mut out: Box<dyn Write> = match &a.log {
-        Some(p) => Box::new(std::fs::File::create(p).expect("open --log file")),
+        Some(p) => Box::new(std::fs::File::create(p)?),
         None => Box::new(std::io::stdout()),
     };
     let mut log = |line: String| {
@@ -178,8 +177,7 @@ async fn main() {
         let _ = out.flush();
     };
 
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let deadline = tokio::time::sleep(a.duration);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(a.interval);
@@ -211,7 +209,9 @@ async fn main() {
                 }
             }
         }
-        let c = conn.as_mut().unwrap();
+        let Some(c) = conn.as_mut() else {
+            continue;
+        };
         seq += 1;
         let sent = now_ns();
         let r: Result<redis::RedisResult<()>, _> = timeout(
@@ -240,4 +240,5 @@ async fn main() {
         }
     }
     log(format!("stop {} {acked} {failed}", now_ns()));
+    Ok(())
 }

@@ -20,6 +20,13 @@ use crate::engine::{Endpoint, Published};
 pub const ACTIVE_ANNOTATION: &str = "redispair.io/active";
 /// The fencing epoch of [`ACTIVE_ANNOTATION`]: a decimal that only ever rises.
 pub const EPOCH_ANNOTATION: &str = "redispair.io/epoch";
+/// The published master's Redis `run_id` when it was published (empty: not known). A new
+/// leader starts its engine from it, so a master that restarted (possibly empty) while no
+/// controller led is still told from the process that was published.
+pub const MASTER_RUN_ID_ANNOTATION: &str = "redispair.io/master-run-id";
+/// The published master's replication ID (`master_replid`) when it was published (empty: not
+/// known): the history a server must hold to take over without losing the data.
+pub const MASTER_REPLID_ANNOTATION: &str = "redispair.io/master-replid";
 /// Set by a person (`kubectl annotate rpair NAME redispair.io/switchover=POD` or `=any`) to ask
 /// for a planned switchover; the controller removes it when it is done.
 pub const SWITCHOVER_ANNOTATION: &str = "redispair.io/switchover";
@@ -338,11 +345,20 @@ pub fn published(pair: &RedisPair) -> Result<Option<Published>, AnnotationError>
                 .map_err(|_| AnnotationError::Active(active.clone()))?,
         ),
     };
+    // Written in the same patch as the epoch; absent (a publication by an older redis-pair,
+    // or by hand) or empty means not known.
+    let identity = |key: &str| {
+        annotations
+            .and_then(|a| a.get(key))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
     Ok(Some(Published {
         epoch,
         master,
-        run_id: None,
-        replid: None,
+        run_id: identity(MASTER_RUN_ID_ANNOTATION),
+        replid: identity(MASTER_REPLID_ANNOTATION),
     }))
 }
 
@@ -410,6 +426,22 @@ mod tests {
                 replid: None,
             }))
         );
+        let known = pair(&[
+            (EPOCH_ANNOTATION, "9"),
+            (ACTIVE_ANNOTATION, "10.0.0.5:6379"),
+            (MASTER_RUN_ID_ANNOTATION, "4f2a"),
+            (MASTER_REPLID_ANNOTATION, "9c1e"),
+        ]);
+        let known = published(&known).ok().flatten().unwrap_or_default();
+        assert_eq!(known.run_id.as_deref(), Some("4f2a"));
+        assert_eq!(known.replid.as_deref(), Some("9c1e"));
+        let unknown = pair(&[
+            (EPOCH_ANNOTATION, "9"),
+            (MASTER_RUN_ID_ANNOTATION, ""),
+            (MASTER_REPLID_ANNOTATION, " "),
+        ]);
+        let unknown = published(&unknown).ok().flatten().unwrap_or_default();
+        assert_eq!((unknown.run_id, unknown.replid), (None, None));
         let no_master = pair(&[(EPOCH_ANNOTATION, "8"), (ACTIVE_ANNOTATION, "")]);
         assert_eq!(
             published(&no_master).map(|p| p.map(|p| p.master)),

@@ -1,6 +1,9 @@
 //! Bad configuration makes `redis-pair local` exit quickly with code 64 and one `error: ` line
 //! on stderr that names the problem (docs/INTERFACE.md, "Exit codes").
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

@@ -1,6 +1,9 @@
 //! Self-checks of the end-to-end fixtures in tests/support, against redis-server alone, so a
 //! failover test that fails points at redis-pair and not at the harness.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

@@ -4,6 +4,9 @@
 //! the annotations the way the controller does (`Kube::publish`) and change the servers' roles
 //! themselves.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

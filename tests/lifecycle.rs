@@ -1,6 +1,9 @@
 //! Process lifecycle and observability of `redis-pair local`: draining on SIGTERM, and the
 //! metrics a failover leaves behind.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

@@ -2,6 +2,9 @@
 //! crashes, hangs, restarts, startup topologies, planned switchovers and what clients of the
 //! proxy see while that happens. The contract is docs/INTERFACE.md.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;
@@ -325,24 +328,49 @@ async fn with_every_server_down_new_clients_are_held_for_wait_for_master_then_cl
         "client was closed after {after:?}, before --wait-for-master {wait:?}"
     );
 
+    // The old master comes back empty (a new replication history) while the replica, which
+    // held the data, is still away: publishing it would wipe the replica when it returns, so
+    // the pair waits and says why (issue 14, failure 3).
     a.restart().await;
-
-    let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
-    assert_eq!(s.reason(), Some("recovered"), "{s}");
     eventually(
-        "/readyz 200 after recovery",
+        "the pair waits for the server that held the data",
         SETTLE_DEADLINE,
-        async || match pair.readyz().await? {
-            200 => Ok(()),
-            code => Err(format!("/readyz {code}")),
+        async || {
+            let s = pair.status().await?;
+            match s.0["waiting"].as_str() {
+                Some(why) if why.contains("no server is known to hold") => Ok(()),
+                other => Err(format!("waiting: {other:?} in {s}")),
+            }
         },
     )
     .await;
+    assert_eq!(pair.status().await.unwrap().master(), None);
+
+    // Every member answers and none holds the data: it is gone from the group, and what
+    // exists is published.
+    b.restart().await;
+    let s = eventually("a master is published again", SETTLE_DEADLINE, async || {
+        let s = pair.status().await?;
+        match s.master() {
+            Some(_) => Ok(s),
+            None => Err(format!("no master yet: {s}")),
+        }
+    })
+    .await;
+    assert_eq!(s.reason(), Some("recovered"), "{s}");
+    let master = if s.master() == Some(a.addr().as_str()) {
+        &a
+    } else {
+        &b
+    };
     let reply = pair
         .proxy_cmd_eventually(&["SET", "recovered", "yes"], Duration::from_secs(3))
         .await;
     assert!(reply.is_ok(), "{reply:?}");
-    assert_eq!(a.get("recovered").await.unwrap().as_deref(), Some("yes"));
+    assert_eq!(
+        master.get("recovered").await.unwrap().as_deref(),
+        Some("yes")
+    );
 }
 
 #[tokio::test]
@@ -707,4 +735,128 @@ async fn switchover_whose_target_cannot_catch_up_in_time_is_aborted_and_the_mast
         "the write took {:?}: the master was left paused",
         started.elapsed()
     );
+}
+
+/// Issue 14, failure 3: the master hangs, its only replica restarts without data and comes
+/// back as an empty master. Nothing may make the empty one the master; when the old master
+/// answers again it is published and the empty one becomes its replica.
+#[tokio::test]
+async fn an_empty_restarted_replica_is_not_promoted_over_a_hung_master() {
+    const KEYS: i64 = 1000;
+    let down_after = Duration::from_secs(1);
+    let (mut a, mut b) = master_and_replica().await;
+    a.fill("before-", KEYS as usize).await;
+    b.await_replicating_from(&a).await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .down_after(down_after)
+        .start()
+        .await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+
+    a.stop();
+    b.restart_as_empty_master().await;
+    assert_eq!(b.dbsize().await.unwrap(), 0);
+
+    // After down-after the hung master is down; the restarted server holds none of its data
+    // (it loads the file of its first, empty sync: the history's start, "an older
+    // snapshot"; without that file it would be another history altogether).
+    let s = pair.await_master(None, SETTLE_DEADLINE).await;
+    assert_eq!(s.reason(), Some("no-master-reachable"), "{s}");
+    let waiting = s.0["waiting"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        waiting.contains(&b.addr())
+            && (waiting.contains("older snapshot") || waiting.contains("another replication")),
+        "status says why {} is not promoted: {s}",
+        b.addr()
+    );
+
+    a.cont();
+    let s = pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    assert_eq!(s.reason(), Some("recovered"), "{s}");
+    await_follows(&b, &a).await;
+    eventually("both servers hold every key", SETTLE_DEADLINE, async || {
+        let (na, nb) = (a.dbsize().await?, b.dbsize().await?);
+        if na == KEYS && nb == KEYS {
+            Ok(())
+        } else {
+            Err(format!("A has {na} keys, B has {nb}"))
+        }
+    })
+    .await;
+}
+
+/// Issue 14, failure 9: a master at `maxclients` refuses new connections but is alive, and
+/// its clients can still write to it. It is reported as full, never failed over.
+#[tokio::test]
+async fn a_master_at_maxclients_is_reported_as_full_and_not_failed_over() {
+    let down_after = Duration::from_secs(1);
+    let a = RedisServer::builder().maxclients(12).start().await;
+    let b = RedisServer::builder().replica_of(&a).start().await;
+    b.await_replicating_from(&a).await;
+    let pair = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .down_after(down_after)
+        .start()
+        .await;
+    let epoch = pair
+        .await_master(Some(&a.addr()), SETTLE_DEADLINE)
+        .await
+        .epoch();
+
+    // Take every connection slot that is left.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut conn = a.conn().await.expect("TCP connect");
+        match conn.cmd(&["PING"]).await {
+            Ok(Resp::Error(_)) => break,
+            Ok(_) => held.push(conn),
+            Err(_) => break,
+        }
+    }
+    assert!(held.len() < 64, "maxclients did not bite");
+
+    eventually(
+        "status reports the master as full",
+        SETTLE_DEADLINE,
+        async || {
+            let s = pair.status().await?;
+            let error = s.server(&a.addr())["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if error.contains("maxclients") {
+                Ok(())
+            } else {
+                Err(format!("error of {}: {error:?}", a.addr()))
+            }
+        },
+    )
+    .await;
+    always(
+        "A stays the published master for twice down-after while full",
+        down_after * 2,
+        async || {
+            let s = pair.status().await?;
+            if s.master() == Some(a.addr().as_str()) && s.epoch() == epoch {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
+
+    drop(held);
+    eventually("A answers the engine again", SETTLE_DEADLINE, async || {
+        let s = pair.status().await?;
+        match s.server(&a.addr())["health"].as_str() {
+            Some("up") => Ok(()),
+            other => Err(format!("health {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(pair.status().await.unwrap().epoch(), epoch);
 }

@@ -8,6 +8,9 @@
 //! Renders come from the pinned helm (`scripts/kube-tools.sh` installs it). To regenerate
 //! `deploy/` after a chart change: `REDIS_PAIR_UPDATE_DEPLOY=1 cargo test --test packaging`.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,9 @@
 //! Redis protocol features that must pass through the `redis-pair local` proxy unchanged:
 //! pub/sub, blocking commands, transactions, deep pipelines, large values and RESP3.
 
+// A test crate: a panic is how a test fails (the workspace lints deny these elsewhere).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 // `pub` because each test binary uses only part of the shared harness; unused public items
 // are not reported as dead code.
 pub mod support;

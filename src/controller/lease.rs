@@ -5,6 +5,7 @@
 //! stopped well before another controller may take over (one duration after the Lease last
 //! changed, by that controller's own clock). A clean shutdown hands the Lease over at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::api::{timed_read, timed_write};
 use crate::metrics::{ApiWrite, ControllerMetrics};
 
 #[derive(Clone, Debug)]
@@ -41,11 +43,19 @@ impl LeaseConfig {
     }
 }
 
+/// One stretch of leadership: the number of times this process has become the leader. What
+/// was started in a term that ended must not run on into the next (see `pairs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Term(u64);
+
 /// Whether this controller may act now. Cheap to clone and to ask, from any task.
 #[derive(Clone)]
 pub struct Leadership {
     /// Until when the last renewal lets this controller act.
     acting_until: Arc<Mutex<Option<Instant>>>,
+    /// The current (or, while not leading, the last) term; raised before `changes` says
+    /// "leader", so whoever is woken by the change sees the new term.
+    term: Arc<AtomicU64>,
     changes: watch::Receiver<bool>,
 }
 
@@ -63,6 +73,52 @@ impl Leadership {
     pub fn changes(&self) -> watch::Receiver<bool> {
         self.changes.clone()
     }
+
+    /// The term this controller leads in now, or led in last.
+    pub fn term(&self) -> Term {
+        Term(self.term.load(Ordering::SeqCst))
+    }
+
+    /// A leadership that a test turns on and off by hand: what the Elector does on winning
+    /// and losing the Lease, without one.
+    #[cfg(test)]
+    pub fn by_hand() -> (Self, impl Fn(bool)) {
+        let acting_until = Arc::new(Mutex::new(None));
+        let term = Arc::new(AtomicU64::new(0));
+        let (changes, changes_rx) = watch::channel(false);
+        let leadership = Self {
+            acting_until: acting_until.clone(),
+            term: term.clone(),
+            changes: changes_rx,
+        };
+        let set = move |leader: bool| {
+            let until = leader.then(|| Instant::now() + Duration::from_secs(3600));
+            set_acting(&acting_until, &term, &changes, until);
+        };
+        (leadership, set)
+    }
+}
+
+/// Acting until `until` (or not at all): a new term starts when leadership is gained, before
+/// anyone is told.
+fn set_acting(
+    acting_until: &Mutex<Option<Instant>>,
+    term: &AtomicU64,
+    changes: &watch::Sender<bool>,
+    until: Option<Instant>,
+) {
+    let leader = until.is_some();
+    if let Ok(mut current) = acting_until.lock() {
+        *current = until;
+    }
+    if leader && !*changes.borrow() {
+        term.fetch_add(1, Ordering::SeqCst);
+    }
+    changes.send_if_modified(|was| {
+        let changed = *was != leader;
+        *was = leader;
+        changed
+    });
 }
 
 /// The part of the election that writes the Lease; one per process.
@@ -70,6 +126,7 @@ pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     acting_until: Arc<Mutex<Option<Instant>>>,
+    term: Arc<AtomicU64>,
     changes: watch::Sender<bool>,
     metrics: ControllerMetrics,
     /// The Lease's resourceVersion when last read, and when (by our clock) it was first seen:
@@ -84,15 +141,18 @@ impl Elector {
         metrics: ControllerMetrics,
     ) -> (Self, Leadership) {
         let acting_until = Arc::new(Mutex::new(None));
+        let term = Arc::new(AtomicU64::new(0));
         let (changes, changes_rx) = watch::channel(false);
         let leadership = Leadership {
             acting_until: acting_until.clone(),
+            term: term.clone(),
             changes: changes_rx,
         };
         let elector = Self {
             api,
             config,
             acting_until,
+            term,
             changes,
             metrics,
             observed: None,
@@ -146,7 +206,8 @@ impl Elector {
     /// Hands the Lease over at once (client-go's release: no holder, a one-second duration),
     /// so the other controller need not wait for it to expire.
     pub async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
+        // Bounded like every other call: shutting down must not hang on the API server.
+        let Ok(Some(mut lease)) = timed_read(self.api.get_opt(&self.config.name)).await else {
             return;
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -156,11 +217,13 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        let result = self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await;
-        self.metrics.api_write(ApiWrite::Lease, &result);
+        let result = timed_write(
+            ApiWrite::Lease,
+            &self.metrics,
+            self.api
+                .replace(&self.config.name, &PostParams::default(), &lease),
+        )
+        .await;
         match result {
             Ok(_) => info!("released the lease"),
             Err(error) => warn!(error = %error, "releasing the lease failed; it expires by itself"),
@@ -176,22 +239,16 @@ impl Elector {
     }
 
     fn acting(&self, until: Option<Instant>) {
-        if let Ok(mut current) = self.acting_until.lock() {
-            *current = until;
-        }
         let leader = until.is_some();
-        self.changes.send_if_modified(|was| {
-            let changed = *was != leader;
-            *was = leader;
-            changed
-        });
+        set_acting(&self.acting_until, &self.term, &self.changes, until);
         if leader && !self.metrics.is_leader() {
             info!(identity = %self.config.identity, "became the leader");
         }
         self.metrics.leader.set(i64::from(leader));
     }
 
-    /// One step of client-go's algorithm; returns who holds the Lease afterwards.
+    /// One step of client-go's algorithm; returns who holds the Lease afterwards. Its calls
+    /// carry no deadline of their own: `run` bounds the whole step by the renew deadline.
     async fn try_acquire_or_renew(&mut self) -> Result<Option<String>, kube::Error> {
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {

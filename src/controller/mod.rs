@@ -1,17 +1,32 @@
 //! `redis-pair controller`: keeps the Redis pods of every RedisPair highly available.
 //!
 //! A kube-runtime Controller per watched namespace (or one for the cluster) reconciles each
-//! RedisPair when it, one of its pods or its Secret changes: fetch (the caches, the Secret) →
-//! validate (no I/O, `validate`) → hand the pair's engine its members (`pairs`) → the engine
-//! decides and acts, publishing through `publisher`; `status` says what the RedisPair's status
-//! and its pods' labels should show. Only the holder of the Lease (`lease`) runs engines or
-//! writes anything; the others keep their caches warm and take over when it goes.
+//! RedisPair when it, one of its pods or its Secret changes. Only the holder of the Lease
+//! (`lease`) runs engines or writes anything; the others keep their caches warm and take over
+//! when it goes.
+//!
+//! # Layout (imports point down this list, never up)
+//! - `reconcile`: fetch → validate → hand the pair to `pairs` → a typed outcome.
+//! - `pairs`: one engine per pair, started, updated, restarted, stopped per leadership term.
+//! - `publisher`: the engine's `Publisher` (annotations by JSON patch, master label, Events).
+//! - `status_writer`: the RedisPair's status and its pods' role labels, written.
+//! - `status`: what they should say (pure); `events`: what each Event says (pure) and the
+//!   queue that records them; `validate`: is a pair manageable (pure).
+//! - `view`: the plain data the tasks of a pair share; `api`: every API call's deadline and
+//!   the write helpers; `lease`: the election and the leadership terms.
 
+pub mod api;
+pub mod events;
 pub mod lease;
 pub mod pairs;
 pub mod publisher;
+pub mod reconcile;
 pub mod status;
+pub mod status_writer;
+#[cfg(test)]
+mod test_api;
 pub mod validate;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +37,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
 use kube::core::{PartialObjectMeta, SelectorExt};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,15 +46,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::events::EventSink;
 use self::lease::{Elector, Leadership, LeaseConfig};
-use self::pairs::{PairKey, Pairs, Shared};
-use self::publisher::EventSink;
-use self::validate::{Observed, SecretLookup};
+use self::pairs::{Pairs, Shared};
+use self::reconcile::{Context, error_policy, reconcile};
 use crate::admin::{self, AdminState};
 use crate::cli::ControllerArgs;
 use crate::cluster::{self, ClusterError};
 use crate::crd::RedisPair;
-use crate::metrics::{self, ControllerMetrics, EngineMetrics, OutcomeLabel};
+use crate::metrics::{self, ControllerMetrics, EngineMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -68,33 +83,6 @@ impl ControllerError {
         }
     }
 }
-
-/// What went wrong in a reconcile that a retry may fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("reading the Secret of spec.authSecretRef: {0}")]
-    Secret(#[source] kube::Error),
-    #[error("starting the pair's engine: {0}")]
-    Start(#[source] kube::Error),
-    #[error("writing the status: {0}")]
-    Status(#[source] kube::Error),
-}
-
-/// What every reconcile of one namespace scope sees.
-struct Context {
-    client: Client,
-    pairs: Arc<Pairs>,
-    leadership: Leadership,
-    pair_store: Store<RedisPair>,
-    pod_store: Store<Pod>,
-    metrics: ControllerMetrics,
-    /// Consecutive failures per pair, for the requeue backoff.
-    failures: Mutex<HashMap<ObjectRef<RedisPair>, u32>>,
-}
-
-/// A pair in order is looked at again this often, to catch what no watch event announces (a
-/// pod relabelled out of the pair).
-const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until SIGTERM or SIGINT: then stops every engine, releases the Lease and returns.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
@@ -164,7 +152,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         controller: "redis-pair-controller".into(),
         instance: Some(identity.clone()),
     };
-    let events_task = tokio::spawn(publisher::record_events(
+    let events_task = tokio::spawn(events::record_events(
         client.clone(),
         reporter,
         queued_events,
@@ -472,110 +460,16 @@ fn became_leader(leadership: Leadership) -> impl futures_util::Stream<Item = ()>
     })
 }
 
+/// Losing the lease stops the engines of the term that ended. Only those: the lease may come
+/// back while they are being stopped, and the reconciles of the new term start engines that
+/// must keep running (a pair left without one would wait for its 30 s resync).
 async fn stop_engines_when_not_leader(leadership: Leadership, pairs: Arc<Pairs>) {
     let mut changes = leadership.changes();
     while changes.changed().await.is_ok() {
         if !*changes.borrow_and_update() {
-            pairs.stop_all().await;
+            pairs.stop_term(leadership.term()).await;
         }
     }
-}
-
-async fn reconcile(pair: Arc<RedisPair>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let key = PairKey::of(&pair);
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
-    if pair.metadata.deletion_timestamp.is_some() {
-        ctx.pairs.stop(&key).await;
-        return Ok(Action::await_change());
-    }
-    let pods: Vec<Arc<Pod>> = ctx
-        .pod_store
-        .state()
-        .into_iter()
-        .filter(|pod| pod.namespace().as_deref() == Some(key.namespace.as_str()))
-        .collect();
-    let others: Vec<Arc<RedisPair>> = ctx
-        .pair_store
-        .state()
-        .into_iter()
-        .filter(|other| {
-            other.namespace().as_deref() == Some(key.namespace.as_str())
-                && other.name_any() != key.name
-        })
-        .collect();
-    let secret = match &pair.spec.auth_secret_ref {
-        None => None,
-        Some(reference) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key.namespace);
-            Some(
-                secrets
-                    .get_opt(&reference.name)
-                    .await
-                    .map_err(ReconcileError::Secret)?,
-            )
-        }
-    };
-    let lookup = match &secret {
-        None => SecretLookup::NotReferenced,
-        Some(None) => SecretLookup::Missing,
-        Some(Some(secret)) => SecretLookup::Found(secret),
-    };
-    let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-    let other_refs: Vec<&RedisPair> = others.iter().map(AsRef::as_ref).collect();
-    let observed = Observed {
-        pair: &pair,
-        pods: &pod_refs,
-        others: &other_refs,
-        secret: lookup,
-        running: ctx.pairs.is_running(&key).await,
-    };
-    let (outcome, action) = match validate::validate(&observed) {
-        Err(invalid) => {
-            ctx.pairs.stop(&key).await;
-            ctx.pairs
-                .report_invalid(&pair, &invalid)
-                .await
-                .map_err(ReconcileError::Status)?;
-            // It waits for a change of it, its pods or its Secret: no retry storm.
-            ("invalid", Action::await_change())
-        }
-        Ok(desired) => {
-            ctx.pairs
-                .apply(&pair, desired, &pods)
-                .await
-                .map_err(ReconcileError::Start)?;
-            ctx.pairs.switchover(&pair).await;
-            ("ok", Action::requeue(RESYNC_EVERY))
-        }
-    };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&OutcomeLabel { outcome })
-        .inc();
-    if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&ObjectRef::from_obj(pair.as_ref()));
-    }
-    Ok(action)
-}
-
-/// Transient failures are retried soon, backing off from 1 s to 8 s: this is failover.
-fn error_policy(pair: Arc<RedisPair>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconciles
-        .get_or_create(&OutcomeLabel { outcome: "error" })
-        .inc();
-    let attempts = ctx.failures.lock().map_or(1, |mut failures| {
-        let attempts = failures
-            .entry(ObjectRef::from_obj(pair.as_ref()))
-            .or_insert(0);
-        *attempts = attempts.saturating_add(1);
-        *attempts
-    });
-    let delay = Duration::from_secs(1 << attempts.clamp(1, 4).saturating_sub(1));
-    warn!(pair = %PairKey::of(&pair), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 /// `POD_NAME` is the identity in a cluster; outside one, the host name and the process id

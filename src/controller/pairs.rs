@@ -3,66 +3,32 @@
 //! role labels in step with what the engine reports. Reconciles hand each pair its members;
 //! a change of anything else restarts its engine from what the RedisPair publishes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{GetParams, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::lease::Leadership;
-use super::publisher::{
-    EventSink, KubePublisher, WRITE_TIMEOUT, annotation_path, json_patch, timed_write,
-};
+use super::api::{annotation_path, json_patch, timed_read, timed_write};
+use super::events::{Described, EventSink};
+use super::lease::{Leadership, Term};
+use super::publisher::KubePublisher;
 use super::status::{self, PodIndex};
+use super::status_writer::{PhaseCounts, Sources, StatusWriter, write_status};
 use super::validate::{Desired, Invalid, Settings};
-use crate::crd::{
-    self, Phase, ROLE_LABEL, RedisPair, RedisPairStatus, SWITCHOVER_ANNOTATION, SwitchoverStatus,
-};
+pub use super::view::{PairKey, PairView};
+use crate::crd::{self, Phase, ROLE_LABEL, RedisPair, SWITCHOVER_ANNOTATION, SwitchoverStatus};
+use crate::engine::Published;
 use crate::engine::redis_io::{Connector, Credentials};
-use crate::engine::runner::{Engine, EngineConfig, EngineHandle, Status};
-use crate::engine::{Endpoint, Published};
-use crate::metrics::{ApiWrite, ControllerMetrics, EngineMetrics, PhaseLabel};
-
-/// A RedisPair, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PairKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl PairKey {
-    pub fn of(pair: &RedisPair) -> Self {
-        Self {
-            namespace: pair.namespace().unwrap_or_default(),
-            name: pair.name_any(),
-        }
-    }
-}
-
-impl std::fmt::Display for PairKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// What a pair's tasks know of its pods and spec; every reconcile refreshes it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PairView {
-    pub pods: PodIndex,
-    /// Each member pod's role label as the pod watch last saw it.
-    pub labels: BTreeMap<String, Option<String>>,
-    pub generation: Option<i64>,
-    pub last_switchover: Option<SwitchoverStatus>,
-}
+use crate::engine::runner::{Engine, EngineConfig, EngineHandle};
+use crate::metrics::{ApiWrite, ControllerMetrics, EngineMetrics};
 
 /// What every pair's tasks share.
 pub struct Shared {
@@ -81,6 +47,10 @@ pub struct Pairs {
 }
 
 struct Runtime {
+    /// The leadership term the engine was started in. An engine never outlives its term:
+    /// losing the lease stops the engines of the term that ended (and only those), and a
+    /// reconcile in a later term restarts one it finds from an earlier one.
+    term: Term,
     settings: Settings,
     handle: EngineHandle,
     view: watch::Sender<PairView>,
@@ -90,12 +60,6 @@ struct Runtime {
     /// reconcile that still sees it does not start it again.
     switchover: Option<String>,
 }
-
-/// Status writes that only update replication lag wait this long, so a pair under write
-/// load does not write its status on every probe.
-const LAG_ONLY_WRITE_EVERY: Duration = Duration::from_secs(10);
-/// A failed status or label write is tried again after this.
-const WRITE_RETRY: Duration = Duration::from_secs(1);
 
 impl Pairs {
     pub fn new(shared: Shared) -> Self {
@@ -146,8 +110,14 @@ impl Pairs {
             .map(|m| (m.member.endpoint.clone(), m.pod.clone()))
             .collect();
         let members = desired.members.iter().map(|m| m.member.clone()).collect();
+        let term = self.shared.leadership.term();
         if let Some(runtime) = slot.as_ref() {
-            if runtime.settings == desired.settings {
+            if runtime.term != term {
+                // Started under a term that ended (the lease was lost and regained while it
+                // ran): another leader may have acted meanwhile, so it starts again from what
+                // is published now, in this term, and the stop of the ended term skips it.
+                info!(pair = %key, "leadership changed since its engine started; restarting it");
+            } else if runtime.settings == desired.settings {
                 // What the annotations say now: the engine's own publication coming back, a
                 // lagging cache, or someone else's write to follow or correct.
                 if let Some(seen) = desired.published.clone() {
@@ -170,28 +140,19 @@ impl Pairs {
         }
         // What is published now, read fresh: the pair in the cache may not show the last
         // publication yet, and an engine starting from an older one would undo it.
-        let fresh =
-            tokio::time::timeout(WRITE_TIMEOUT, self.pairs_api(&key.namespace).get(&key.name))
-                .await
-                .map_err(|_| kube::Error::Service("reading the RedisPair timed out".into()))??;
-        let mut published = crd::published(&fresh).ok().flatten().unwrap_or_default();
-        if let Some(master) = fresh.status.as_ref().and_then(|s| s.master.as_ref())
-            && published
-                .master
-                .as_ref()
-                .map(Endpoint::to_string)
-                .as_deref()
-                == Some(master.endpoint.as_str())
-        {
-            published.run_id = master.run_id.clone();
-        }
+        // A quorum GET (no resourceVersion), never the watch cache.
+        let fresh = timed_read(
+            self.pairs_api(&key.namespace)
+                .get_with(&key.name, &GetParams::default()),
+        )
+        .await?;
         let view = PairView {
             pods: index,
             labels,
             generation: pair.metadata.generation,
             last_switchover: None,
         };
-        *slot = Some(self.start(&key, &fresh, desired.settings, members, published, view));
+        *slot = Some(self.start(&key, &fresh, term, desired.settings, members, view));
         self.shared.metrics.engines.inc();
         Ok(())
     }
@@ -200,11 +161,14 @@ impl Pairs {
         &self,
         key: &PairKey,
         pair: &RedisPair,
+        term: Term,
         settings: Settings,
         members: Vec<crate::engine::runner::Member>,
-        published: Published,
         view: PairView,
     ) -> Runtime {
+        // The publication with its identity (the master's run_id and replication ID) as the
+        // annotations carry it: a new leader judges a restarted master as the old one would.
+        let published: Published = crd::published(pair).ok().flatten().unwrap_or_default();
         info!(pair = %key, epoch = published.epoch, members = members.len(), "starting its engine");
         let (view_tx, view_rx) = watch::channel(view);
         let client = &self.shared.client;
@@ -253,10 +217,18 @@ impl Pairs {
                 written_at: None,
                 phases: self.phases.clone(),
             }
-            .run(handle.status.clone(), view_rx, stop.clone()),
+            .run(
+                Sources {
+                    engine: handle.status.clone(),
+                    published: handle.published.clone(),
+                    view: view_rx,
+                },
+                stop.clone(),
+            ),
         );
         tasks.close();
         Runtime {
+            term,
             settings,
             handle,
             view: view_tx,
@@ -268,27 +240,47 @@ impl Pairs {
 
     /// Stops the pair's engine, if one runs; what was published stays.
     pub async fn stop(&self, key: &PairKey) {
+        self.stop_if(key, |_| true).await;
+    }
+
+    /// Stops the pair's engine if it runs and `started_in` says yes to its term; the check
+    /// and the stop happen under the slot's lock, so a reconcile cannot slip in between.
+    async fn stop_if(&self, key: &PairKey, started_in: impl Fn(Term) -> bool) {
         let slot = self.slot(key);
-        let runtime = slot.lock().await.take();
-        if let Some(runtime) = runtime {
+        let mut slot = slot.lock().await;
+        if !slot.as_ref().is_some_and(|r| started_in(r.term)) {
+            return;
+        }
+        if let Some(runtime) = slot.take() {
             info!(pair = %key, "stopping its engine");
             stop(runtime).await;
             self.shared.metrics.engines.dec();
         }
     }
 
-    /// Stops every engine: the lease is lost, or the controller shuts down.
+    /// Stops every engine: the controller shuts down.
     pub async fn stop_all(&self) {
-        let keys: Vec<PairKey> = self
-            .slots
+        for key in self.keys() {
+            self.stop(&key).await;
+        }
+    }
+
+    /// Stops the engines started in `ended` or before: the lease was lost. Engines a
+    /// reconcile started after the lease came back (a later term) keep running, however
+    /// long stopping the others took.
+    pub async fn stop_term(&self, ended: Term) {
+        for key in self.keys() {
+            self.stop_if(&key, |term| term <= ended).await;
+        }
+    }
+
+    fn keys(&self) -> Vec<PairKey> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .cloned()
-            .collect();
-        for key in keys {
-            self.stop(&key).await;
-        }
+            .collect()
     }
 
     /// Stops the engines of pairs for which `exists` is false (deleted RedisPairs).
@@ -334,6 +326,9 @@ impl Pairs {
             &previous,
             Timestamp::now(),
         );
+        if !self.shared.leadership.is_leader() {
+            return Ok(());
+        }
         write_status(
             &self.pairs_api(&key.namespace),
             &key.name,
@@ -342,13 +337,9 @@ impl Pairs {
         )
         .await?;
         if !already {
-            self.shared.events.send(
-                &pair.object_ref(&()),
-                kube::runtime::events::EventType::Warning,
-                "Invalid",
-                "Validate",
-                invalid.message.clone(),
-            );
+            self.shared
+                .events
+                .send(&pair.object_ref(&()), Described::invalid(&invalid.message));
         }
         Ok(())
     }
@@ -418,13 +409,7 @@ impl Pairs {
                     warn!(pair = %key, error = %why, "switchover failed");
                     // One the engine started it reports itself; a refused one is ours to.
                     if !started {
-                        events.send(
-                            &reference,
-                            kube::runtime::events::EventType::Warning,
-                            "SwitchoverFailed",
-                            "Switchover",
-                            format!("switchover to {requested} refused: {why}"),
-                        );
+                        events.send(&reference, Described::switchover_refused(&requested, why));
                     }
                 }
             }
@@ -468,52 +453,6 @@ async fn stop(runtime: Runtime) {
     runtime.tasks.wait().await;
 }
 
-/// The phase of every managed pair, behind the `redispair_controller_pairs` gauge.
-#[derive(Clone, Default)]
-struct PhaseCounts(Arc<Mutex<HashMap<PairKey, Phase>>>);
-
-impl PhaseCounts {
-    fn set(&self, key: &PairKey, phase: Option<Phase>, metrics: &ControllerMetrics) {
-        let mut phases = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match phase {
-            Some(phase) => phases.insert(key.clone(), phase),
-            None => phases.remove(key),
-        };
-        for phase in [
-            Phase::Healthy,
-            Phase::Degraded,
-            Phase::NoMaster,
-            Phase::Paused,
-            Phase::Invalid,
-        ] {
-            let count = phases.values().filter(|p| **p == phase).count();
-            metrics
-                .pairs
-                .get_or_create(&PhaseLabel {
-                    phase: phase.as_str(),
-                })
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
-        }
-    }
-}
-
-async fn write_status(
-    api: &Api<RedisPair>,
-    name: &str,
-    status: &RedisPairStatus,
-    metrics: &ControllerMetrics,
-) -> Result<(), kube::Error> {
-    // The whole status replaced: a merge patch would keep fields the new status leaves out.
-    let patch = json_patch(json!([{"op": "add", "path": "/status", "value": status}]))?;
-    timed_write(
-        ApiWrite::Status,
-        metrics,
-        api.patch_status(name, &PatchParams::default(), &patch),
-    )
-    .await
-    .map(|_| ())
-}
-
 /// Removes a handled switchover request, only if it is still the one handled.
 async fn remove_switchover_request(
     api: &Api<RedisPair>,
@@ -542,132 +481,5 @@ async fn remove_switchover_request(
     }
 }
 
-/// Keeps one pair's status and its pods' role labels in step with its engine.
-struct StatusWriter {
-    key: PairKey,
-    pairs: Api<RedisPair>,
-    pods: Api<Pod>,
-    leadership: Leadership,
-    metrics: ControllerMetrics,
-    written: RedisPairStatus,
-    written_at: Option<Instant>,
-    phases: PhaseCounts,
-}
-
-impl StatusWriter {
-    async fn run(
-        mut self,
-        mut engine: watch::Receiver<Status>,
-        mut view: watch::Receiver<PairView>,
-        stop: CancellationToken,
-    ) {
-        let mut retry_at: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                changed = engine.changed() => if changed.is_err() { return },
-                changed = view.changed() => if changed.is_err() { return },
-                () = sleep_until_some(retry_at) => {}
-            }
-            retry_at = None;
-            if !self.leadership.is_leader() {
-                continue;
-            }
-            let (status, labels, paused) = {
-                let engine = engine.borrow_and_update();
-                let view = view.borrow_and_update();
-                let status = status::running(
-                    &engine,
-                    &view.pods,
-                    view.generation,
-                    view.last_switchover.as_ref(),
-                    &self.written,
-                    Timestamp::now(),
-                );
-                let wanted = status::role_labels(&engine, &view.pods);
-                let labels: Vec<(String, Option<&'static str>)> = wanted
-                    .into_iter()
-                    .filter(|(pod, role)| view.labels.get(pod).and_then(|l| l.as_deref()) != *role)
-                    .collect();
-                (status, labels, engine.paused)
-            };
-            self.phases.set(&self.key, status.phase, &self.metrics);
-            if !self.write_status(status).await {
-                retry_at = Some(Instant::now() + WRITE_RETRY);
-            }
-            // Labels are how clients without a sidecar find the master: not touched while
-            // paused (observe, never act).
-            if !paused && !self.write_labels(&labels).await {
-                retry_at = Some(Instant::now() + WRITE_RETRY);
-            }
-        }
-    }
-
-    /// `false` when a write was due and failed.
-    async fn write_status(&mut self, status: RedisPairStatus) -> bool {
-        if status == self.written {
-            return true;
-        }
-        let lag_only = without_lag(&status) == without_lag(&self.written);
-        if lag_only
-            && self
-                .written_at
-                .is_some_and(|at| at.elapsed() < LAG_ONLY_WRITE_EVERY)
-        {
-            return true;
-        }
-        match write_status(&self.pairs, &self.key.name, &status, &self.metrics).await {
-            Ok(()) => {
-                self.written = status;
-                self.written_at = Some(Instant::now());
-                true
-            }
-            Err(error) => {
-                warn!(pair = %self.key, error = %error, "writing the status failed; will retry");
-                false
-            }
-        }
-    }
-
-    async fn write_labels(&self, labels: &[(String, Option<&'static str>)]) -> bool {
-        let mut ok = true;
-        for (pod, role) in labels {
-            if !self.leadership.is_leader() {
-                return true;
-            }
-            let patch = json!({"metadata": {"labels": {ROLE_LABEL: role}}});
-            let result = timed_write(
-                ApiWrite::Label,
-                &self.metrics,
-                self.pods
-                    .patch(pod, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await;
-            match result {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => {
-                    warn!(pair = %self.key, pod = %pod, error = %error, "labelling the pod failed; will retry");
-                    ok = false;
-                }
-            }
-        }
-        ok
-    }
-}
-
-/// The status without its replication lag, which changes with every write to the master.
-fn without_lag(status: &RedisPairStatus) -> RedisPairStatus {
-    let mut status = status.clone();
-    for replica in &mut status.replicas {
-        replica.lag_bytes = None;
-    }
-    status
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,61 +1,33 @@
-//! How a pair's engine publishes through the Kubernetes API: the master and epoch as
-//! annotations on the RedisPair (a JSON patch that first tests the epoch it replaces, so a
-//! stale leader can never overwrite a newer one), the master label taken off the old master's
-//! pod before anything is promoted, and Events. Every write waits for the lease.
+//! How a pair's engine publishes through the Kubernetes API: the master, its epoch and its
+//! identity (run_id, replication ID) as annotations on the RedisPair, in one JSON patch that
+//! first tests the epoch it replaces (so a stale leader can never overwrite a newer one); the
+//! master label taken off the old master's pod before anything is promoted; Events.
+//!
+//! Leadership is checked immediately before every write: a retraction or a read can take its
+//! whole deadline, and the lease may be gone by its end. A write that got no answer is
+//! reported as [`PublishError::Unknown`]: it may have been applied, and the engine reads the
+//! publication back ([`Publisher::read`], a quorum GET) before it acts again.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::api::{GetParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tokio::sync::watch;
 
+use super::api::{
+    READ_TIMEOUT, WRITE_TIMEOUT, annotation_path, is_definite, json_patch, timed_read, timed_write,
+};
+use super::events::{self, EventSink};
 use super::lease::Leadership;
-use super::pairs::PairView;
-use crate::crd::{self, ACTIVE_ANNOTATION, EPOCH_ANNOTATION, ROLE_LABEL, RedisPair};
+use super::view::PairView;
+use crate::crd::{
+    self, ACTIVE_ANNOTATION, EPOCH_ANNOTATION, MASTER_REPLID_ANNOTATION, MASTER_RUN_ID_ANNOTATION,
+    ROLE_LABEL, RedisPair,
+};
 use crate::engine::{Endpoint, EngineEvent, PublishError, Published, Publisher, Reason};
-use crate::metrics::{ApiWrite, ControllerMetrics, WriteOutcome};
-
-/// A write on the failover path gets this long; the API server's own timeouts are minutes.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Runs one API write under [`WRITE_TIMEOUT`] and counts its outcome.
-pub async fn timed_write<T>(
-    kind: ApiWrite,
-    metrics: &ControllerMetrics,
-    write: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, kube::Error> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(result) => {
-            metrics.api_write(kind, &result);
-            result
-        }
-        Err(_) => {
-            metrics.count_write(kind, WriteOutcome::Timeout);
-            Err(kube::Error::Service(
-                format!("no answer within {WRITE_TIMEOUT:?}").into(),
-            ))
-        }
-    }
-}
-
-/// A JSON patch (RFC 6902) from its JSON form.
-pub fn json_patch(ops: serde_json::Value) -> Result<Patch<()>, kube::Error> {
-    serde_json::from_value::<json_patch::Patch>(ops)
-        .map(Patch::Json)
-        .map_err(kube::Error::SerdeError)
-}
-
-/// `/metadata/annotations/<key>` as a JSON pointer (`/` in a key is `~1`).
-pub fn annotation_path(key: &str) -> String {
-    format!(
-        "/metadata/annotations/{}",
-        key.replace('~', "~0").replace('/', "~1")
-    )
-}
+use crate::metrics::{ApiWrite, ControllerMetrics};
 
 pub struct KubePublisher {
     pub name: String,
@@ -68,39 +40,49 @@ pub struct KubePublisher {
     pub metrics: ControllerMetrics,
 }
 
+/// Not sent: this controller does not lead (any more). Certainly not applied.
+fn not_leader(what: &str) -> PublishError {
+    PublishError::Failed(format!(
+        "not {what}: this controller no longer holds the lease"
+    ))
+}
+
 impl KubePublisher {
     fn pod_of(&self, endpoint: &Endpoint) -> Option<String> {
         self.view.borrow().pods.get(endpoint).cloned()
     }
 
-    fn describe(&self, endpoint: &Endpoint) -> String {
-        match self.pod_of(endpoint) {
-            Some(pod) => format!("{pod} ({endpoint})"),
-            None => endpoint.to_string(),
-        }
-    }
-
-    async fn patch(&self, kind: ApiWrite, ops: serde_json::Value) -> Result<(), kube::Error> {
-        let patch = json_patch(ops)?;
-        timed_write(
-            kind,
-            &self.metrics,
-            self.pairs
-                .patch(&self.name, &PatchParams::default(), &patch),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// What the RedisPair publishes now, read fresh.
+    /// What the RedisPair publishes now: a GET without a resourceVersion, which the API
+    /// server answers from etcd with a quorum read, never from its watch cache.
     async fn published_now(&self) -> Result<(Option<Published>, RedisPair), PublishError> {
-        let pair = tokio::time::timeout(WRITE_TIMEOUT, self.pairs.get(&self.name))
+        let pair = timed_read(self.pairs.get_with(&self.name, &GetParams::default()))
             .await
-            .map_err(|_| PublishError::Failed("reading the RedisPair timed out".into()))?
             .map_err(|e| PublishError::Failed(format!("reading the RedisPair: {e}")))?;
         let published = crd::published(&pair).map_err(|e| PublishError::Failed(e.to_string()))?;
         Ok((published, pair))
     }
+}
+
+/// The operations that write `next`: master, epoch and the master's identity. An identity
+/// not known is written empty, so an older one never stays beside a newer master.
+fn publication_ops(next: &Published) -> [serde_json::Value; 4] {
+    let active = next
+        .master
+        .as_ref()
+        .map_or_else(String::new, Endpoint::to_string);
+    let add = |key: &str, value: String| json!({"op": "add", "path": annotation_path(key), "value": value});
+    [
+        add(ACTIVE_ANNOTATION, active),
+        add(EPOCH_ANNOTATION, next.epoch.to_string()),
+        add(
+            MASTER_RUN_ID_ANNOTATION,
+            next.run_id.clone().unwrap_or_default(),
+        ),
+        add(
+            MASTER_REPLID_ANNOTATION,
+            next.replid.clone().unwrap_or_default(),
+        ),
+    ]
 }
 
 impl Publisher for KubePublisher {
@@ -114,6 +96,9 @@ impl Publisher for KubePublisher {
             // the label for this endpoint.
             return Ok(());
         };
+        if !self.may_act() {
+            return Err(not_leader("retracted"));
+        }
         let labels = json!({"metadata": {"labels": {ROLE_LABEL: null}}});
         let result = timed_write(
             ApiWrite::Label,
@@ -137,14 +122,6 @@ impl Publisher for KubePublisher {
         next: &Published,
         _reason: Reason,
     ) -> Result<(), PublishError> {
-        let active = next
-            .master
-            .as_ref()
-            .map_or_else(String::new, Endpoint::to_string);
-        let set = [
-            json!({"op": "add", "path": annotation_path(ACTIVE_ANNOTATION), "value": active}),
-            json!({"op": "add", "path": annotation_path(EPOCH_ANNOTATION), "value": next.epoch.to_string()}),
-        ];
         let patch = if current.epoch == 0 {
             // The first publication of this pair: nothing to test the epoch against, so test
             // that the object is still the one that carries none.
@@ -159,18 +136,31 @@ impl Publisher for KubePublisher {
             if pair.metadata.annotations.is_none() {
                 ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
             }
-            ops.extend(set);
+            ops.extend(publication_ops(next));
             ops
         } else {
             let mut ops = vec![json!({
                 "op": "test", "path": annotation_path(EPOCH_ANNOTATION),
                 "value": current.epoch.to_string()
             })];
-            ops.extend(set);
+            ops.extend(publication_ops(next));
             ops
         };
-        match self.patch(ApiWrite::Publish, json!(patch)).await {
-            Ok(()) => Ok(()),
+        let patch = json_patch(json!(patch))
+            .map_err(|e| PublishError::Failed(format!("building the patch: {e}")))?;
+        // Checked right before the write: the read above may have taken its deadline.
+        if !self.may_act() {
+            return Err(not_leader("published"));
+        }
+        let result = timed_write(
+            ApiWrite::Publish,
+            &self.metrics,
+            self.pairs
+                .patch(&self.name, &PatchParams::default(), &patch),
+        )
+        .await;
+        match result {
+            Ok(_) => Ok(()),
             // No answer, a broken connection or a server-side failure: the patch may have
             // been applied. The engine reads it back before it acts again.
             Err(error) if !is_definite(&error) => Err(PublishError::Unknown(format!(
@@ -201,182 +191,94 @@ impl Publisher for KubePublisher {
     }
 
     fn deadline(&self) -> Duration {
-        WRITE_TIMEOUT
+        WRITE_TIMEOUT.max(READ_TIMEOUT)
     }
 
     fn record(&self, event: EngineEvent) {
-        let (type_, reason, action, note) = match event {
-            EngineEvent::Waiting(waiting) => (
-                EventType::Warning,
-                "FailoverBlocked",
-                "Failover",
-                crate::engine::runner::describe_waiting(&waiting),
-            ),
-            EngineEvent::Published {
-                from,
-                to,
-                epoch,
-                reason: Reason::Corrected,
-            } => (
-                EventType::Warning,
-                "PublicationCorrected",
-                "Publish",
-                format!(
-                    "the annotations named {}, which is not the master, under epoch {};                      redis-pair owns them and published {} under epoch {epoch}",
-                    from.map_or_else(|| "no master".into(), |f| self.describe(&f)),
-                    epoch.saturating_sub(1),
-                    to.map_or_else(|| "no master".into(), |t| self.describe(&t)),
-                ),
-            ),
-            EngineEvent::Published {
-                from,
-                to: Some(to),
-                epoch,
-                reason,
-            } => {
-                let was = from.map_or_else(String::new, |f| format!(", was {}", self.describe(&f)));
-                let planned = matches!(reason, Reason::Switchover | Reason::MasterLeaving);
-                let type_ = match reason {
-                    Reason::MasterDown | Reason::MasterRestarted => EventType::Warning,
-                    _ => EventType::Normal,
-                };
-                (
-                    type_,
-                    if planned {
-                        "SwitchoverCompleted"
-                    } else {
-                        "Promoted"
-                    },
-                    if planned { "Switchover" } else { "Failover" },
-                    format!(
-                        "{} is the master, epoch {epoch}{was} ({})",
-                        self.describe(&to),
-                        reason.as_str()
-                    ),
-                )
-            }
-            EngineEvent::Published {
-                from,
-                epoch,
-                reason,
-                ..
-            } => (
-                EventType::Warning,
-                "NoMaster",
-                "Failover",
-                format!(
-                    "no master is published (epoch {epoch}, {}): {} is gone and no replica can \
-                     take over; clients wait",
-                    reason.as_str(),
-                    from.map_or_else(|| "the master".into(), |f| self.describe(&f))
-                ),
-            ),
-            EngineEvent::Repointed {
-                server,
-                master,
-                was_master,
-            } => (
-                EventType::Normal,
-                if was_master { "Demoted" } else { "Reattached" },
-                "Replicate",
-                format!(
-                    "{} replicates from {} now",
-                    self.describe(&server),
-                    self.describe(&master)
-                ),
-            ),
-            EngineEvent::SwitchoverStarted { from, to } => (
-                EventType::Normal,
-                "SwitchoverStarted",
-                "Switchover",
-                format!(
-                    "handing the master over from {} to {}: writes paused until it has caught up",
-                    self.describe(&from),
-                    self.describe(&to)
-                ),
-            ),
-            EngineEvent::SwitchoverFailed { from, to, error } => (
-                EventType::Warning,
-                "SwitchoverFailed",
-                "Switchover",
-                format!(
-                    "switchover from {} to {} failed: {error}",
-                    self.describe(&from),
-                    self.describe(&to)
-                ),
-            ),
+        let described = events::describe(&event, &self.view.borrow().pods);
+        self.events.send(&self.reference, described);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource;
+
+    use super::*;
+    use crate::controller::test_api::{PAIR, api_server};
+
+    /// Failure 7 (controller side): a publisher whose lease is gone sends nothing, however
+    /// long ago the engine checked; the refusal is definite (never sent), not unknown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_lease_nothing_is_published_or_retracted() {
+        let (_server, client, pair) = api_server().await.unwrap_or_else(|e| panic!("{e}"));
+        let pairs: Api<RedisPair> = Api::namespaced(client.clone(), "default");
+        let (leadership, set_leader) = Leadership::by_hand();
+        let (events, _queued) = EventSink::new();
+        let master = Endpoint::new("127.0.0.1", 1);
+        let (_view_tx, view) = watch::channel(PairView {
+            pods: [(master.clone(), "cache-0".to_owned())].into(),
+            ..PairView::default()
+        });
+        let publisher = KubePublisher {
+            name: PAIR.into(),
+            reference: pair.object_ref(&()),
+            pairs: pairs.clone(),
+            pods: Api::namespaced(client, "default"),
+            view,
+            leadership,
+            events,
+            metrics: ControllerMetrics::default(),
         };
-        self.events
-            .send(&self.reference, type_, reason, action, note);
-    }
-}
-
-/// Whether a failed write certainly did not happen: the API server answered with a refusal
-/// (4xx). A timeout, a broken connection or a 5xx may hide an applied write.
-fn is_definite(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if (400..500).contains(&status.code))
-}
-
-/// Where Events go: a queue in front of kube-runtime's Recorder, so the engine never waits
-/// for the API server to record something.
-#[derive(Clone)]
-pub struct EventSink {
-    queue: mpsc::Sender<(ObjectReference, Event)>,
-}
-
-impl EventSink {
-    pub fn new() -> (Self, mpsc::Receiver<(ObjectReference, Event)>) {
-        let (queue, events) = mpsc::channel(256);
-        (Self { queue }, events)
-    }
-
-    pub fn send(
-        &self,
-        regarding: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
+        let first = Published {
+            epoch: 1,
+            master: Some(master.clone()),
+            run_id: None,
+            replid: None,
         };
-        if self.queue.try_send((regarding.clone(), event)).is_err() {
-            debug!(reason, "event queue full; event dropped");
-        }
+        set_leader(true);
+        publisher
+            .publish(&Published::default(), &first, Reason::Initial)
+            .await
+            .unwrap_or_else(|e| panic!("publish while leading: {e}"));
+        // The engine checked may_act a moment ago; the lease is gone since.
+        set_leader(false);
+        let next = Published {
+            epoch: 2,
+            master: None,
+            ..Published::default()
+        };
+        let refused = publisher.publish(&first, &next, Reason::MasterDown).await;
+        assert!(
+            matches!(refused, Err(PublishError::Failed(_))),
+            "{refused:?}"
+        );
+        let retracted = publisher.retract(&master).await;
+        assert!(
+            matches!(retracted, Err(PublishError::Failed(_))),
+            "{retracted:?}"
+        );
+        let now = pairs.get(PAIR).await.unwrap_or_else(|e| panic!("get: {e}"));
+        assert_eq!(crd::published(&now), Ok(Some(first)));
     }
-}
 
-/// Records queued Events while this controller is the leader.
-///
-/// A Recorder per Event: kube-runtime's Recorder folds an Event into an earlier one of the
-/// same reason and object (an EventSeries) without comparing the notes, so a second
-/// "Demoted" within minutes would only bump the count of the first and keep its message,
-/// naming the wrong pods. A failover's Events are few; each keeps its own message.
-pub async fn record_events(
-    client: kube::Client,
-    reporter: kube::runtime::events::Reporter,
-    mut events: mpsc::Receiver<(ObjectReference, Event)>,
-    leadership: Leadership,
-    metrics: ControllerMetrics,
-) {
-    while let Some((regarding, event)) = events.recv().await {
-        if !leadership.is_leader() {
-            continue;
-        }
-        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter.clone());
-        let result = timed_write(
-            ApiWrite::Event,
-            &metrics,
-            recorder.publish(&event, &regarding),
-        )
-        .await;
-        if let Err(error) = result {
-            warn!(reason = %event.reason, error = %error, "recording an event failed");
-        }
+    #[test]
+    fn a_publication_writes_its_identity_and_clears_an_unknown_one() {
+        let next = Published {
+            epoch: 4,
+            master: Some(Endpoint::new("10.0.0.2", 6379)),
+            run_id: Some("abc".into()),
+            replid: None,
+        };
+        let ops = publication_ops(&next);
+        let value_of = |key: &str| {
+            ops.iter()
+                .find(|op| op["path"] == annotation_path(key))
+                .map(|op| op["value"].clone())
+        };
+        assert_eq!(value_of(ACTIVE_ANNOTATION), Some(json!("10.0.0.2:6379")));
+        assert_eq!(value_of(EPOCH_ANNOTATION), Some(json!("4")));
+        assert_eq!(value_of(MASTER_RUN_ID_ANNOTATION), Some(json!("abc")));
+        assert_eq!(value_of(MASTER_REPLID_ANNOTATION), Some(json!("")));
     }
 }

@@ -7,29 +7,49 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::validate::Invalid;
-use crate::crd::{
-    FailoverStatus, MasterStatus, Phase, RedisPairStatus, ReplicaStatus, SwitchoverStatus,
-};
-use crate::engine::Endpoint;
-use crate::engine::runner::{Health, Status};
-use crate::engine::{FailureKind, Role};
-
-/// Which pod each member endpoint is.
-pub type PodIndex = BTreeMap<Endpoint, String>;
+use super::view::PairView;
+pub use super::view::PodIndex;
+use crate::crd::{FailoverStatus, MasterStatus, Phase, RedisPairStatus, ReplicaStatus};
+use crate::engine::runner::{Health, ServerStatus, Status};
+use crate::engine::{Endpoint, FailureKind, Published, Role};
 
 pub const VALID: &str = "Valid";
 pub const MASTER_AVAILABLE: &str = "MasterAvailable";
 pub const REPLICAS_IN_SYNC: &str = "ReplicasInSync";
 
-/// The status of a pair whose engine runs.
+/// How a server's last probe failed, if it did.
+///
+/// Read from the front of the engine's error text, which starts with the failure kind
+/// (`RedisCallError`'s format): the engine's `ServerStatus` does not carry the kind itself yet.
+fn failure_of(server: &ServerStatus) -> Option<FailureKind> {
+    let error = server.error.as_deref()?;
+    [
+        FailureKind::AuthFailed,
+        FailureKind::MaxClients,
+        FailureKind::Refused,
+        FailureKind::Timeout,
+        FailureKind::Error,
+    ]
+    .into_iter()
+    .find(|kind| {
+        error
+            .strip_prefix(kind.as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
+    })
+}
+
+/// The status of a pair whose engine runs; `published` is what the engine last published
+/// (the master's run_id shown is the published one, never a later probe's).
 pub fn running(
     engine: &Status,
-    pods: &PodIndex,
-    generation: Option<i64>,
-    last_switchover: Option<&SwitchoverStatus>,
+    view: &PairView,
+    published: &Published,
     previous: &RedisPairStatus,
     now: Timestamp,
 ) -> RedisPairStatus {
+    let pods = &view.pods;
+    let generation = view.generation;
+    let last_switchover = view.last_switchover.as_ref();
     let pod_of = |endpoint: &Endpoint| {
         pods.get(endpoint)
             .cloned()
@@ -63,16 +83,17 @@ pub fn running(
     } else {
         Phase::Degraded
     };
-    let rejected: Vec<String> = engine
-        .servers
-        .iter()
-        .filter(|s| {
-            s.error
-                .as_deref()
-                .is_some_and(|e| e.starts_with(FailureKind::AuthFailed.as_str()))
-        })
-        .map(|s| pod_of(&s.address))
-        .collect();
+    let failing_with = |kind: FailureKind| -> Vec<String> {
+        engine
+            .servers
+            .iter()
+            .filter(|s| failure_of(s) == Some(kind))
+            .map(|s| pod_of(&s.address))
+            .collect()
+    };
+    let rejected = failing_with(FailureKind::AuthFailed);
+    let full = failing_with(FailureKind::MaxClients);
+    let master_full = master_server.is_some_and(|s| failure_of(s) == Some(FailureKind::MaxClients));
     let password_rejected = (!rejected.is_empty()).then(|| {
         format!(
             "the password redis-pair uses is rejected by {}: make the Secret of \
@@ -81,7 +102,18 @@ pub fn running(
             rejected.join(", ")
         )
     });
+    // A server at maxclients is alive and may still take writes from the clients it has:
+    // never failed over, and never a password problem. Only a person can make room.
+    let at_max_clients = (!full.is_empty()).then(|| {
+        format!(
+            "{} refuse new connections: maxclients is reached, so redis-pair cannot probe or \
+             manage them (a master is not failed over while it is alive); raise maxclients or \
+             close the clients that hold too many connections",
+            full.join(", ")
+        )
+    });
     let message = password_rejected
+        .or(at_max_clients)
         .or_else(|| engine.waiting.clone())
         .or_else(|| {
             let warnings: Vec<String> = engine
@@ -140,6 +172,16 @@ pub fn running(
                 "Published",
                 format!("{} ({m}) is the master, epoch {}", pod_of(m), engine.epoch),
             ),
+            (Some(m), false) if master_full => condition(
+                MASTER_AVAILABLE,
+                false,
+                "MaxClients",
+                format!(
+                    "the published master {} ({m}) refuses new connections: maxclients is \
+                     reached; it is alive and keeps its master role",
+                    pod_of(m)
+                ),
+            ),
             (Some(m), false) => condition(
                 MASTER_AVAILABLE,
                 false,
@@ -185,7 +227,11 @@ pub fn running(
         master: master.map(|m| MasterStatus {
             pod: pod_of(m),
             endpoint: m.to_string(),
-            run_id: master_server.and_then(|s| s.run_id.clone()),
+            // The published identity (the annotation), the one a restart is judged against.
+            run_id: published
+                .run_id
+                .clone()
+                .filter(|_| published.master.as_ref() == Some(m)),
         }),
         replicas_in_sync: Some(format!("{in_sync}/{}", replicas.len())),
         replicas,

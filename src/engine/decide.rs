@@ -15,8 +15,10 @@
 //!    full-resync from an empty dataset.
 //! 3. Only a server known to hold the published master's data may take its place: a replica
 //!    that completed a sync of that replication history (`replid`) and is not in the middle of
-//!    another, or a master promoted from one (`replid2`). Never a server because it calls
-//!    itself master. With none, "no master" is published and the pair waits.
+//!    another, or a master promoted from one (`replid2`), and neither holding less than the
+//!    master last saw it acknowledge (offsets only grow: one that went back restarted from an
+//!    older snapshot). Never a server because it calls itself master. With none, "no master"
+//!    is published and the pair waits.
 //! 4. Of those, the most caught-up wins, judged by the replica's own offset or the master's
 //!    last word on it, whichever is further; then an existing master (nothing to promote);
 //!    then the lower `replica-priority` value; then address order. Priority 0 never wins. A
@@ -483,6 +485,19 @@ impl<'a> View<'a> {
         if !self.holds_history(info) {
             return Err(Unfit::OtherHistory);
         }
+        // The master's word is compared only when it is the master's last word (it is not
+        // answering now): within one round the replica may be probed a moment before the
+        // master's view of an acknowledgement it sent just after.
+        let restarted_behind = server
+            .furthest
+            .as_ref()
+            .is_some_and(|(run_id, offset)| *run_id != info.run_id && info.offset < *offset);
+        let masters_last_word =
+            !self.published_master_up() && info.offset < self.masters_word(&server.endpoint);
+        if restarted_behind || masters_last_word {
+            // Offsets in one history only grow; one that went back lost data.
+            return Err(Unfit::Rewound);
+        }
         Ok(info)
     }
 
@@ -501,12 +516,11 @@ impl<'a> View<'a> {
                     .iter()
                     .any(|r| r.endpoint == server.endpoint && r.online)
             });
-        if info.role != Role::Replica
-            || info.master.as_ref() != Some(master)
-            || !info.link_up
-            || !master_sees_it
-        {
+        if info.role != Role::Replica || info.master.as_ref() != Some(master) || !info.link_up {
             return Err(Unfit::NotReplicating);
+        }
+        if !master_sees_it {
+            return Err(Unfit::NotOnline);
         }
         Ok(info)
     }
@@ -565,11 +579,21 @@ impl<'a> View<'a> {
     /// master's last word on what it acknowledged.
     fn known_offset(&self, endpoint: &Endpoint, info: Option<&RedisInfo>) -> u64 {
         let own = info.map_or(0, |i| i.offset);
-        let masters_word = self
-            .published_master_seen()
+        own.max(self.masters_word(endpoint))
+    }
+
+    fn published_master_up(&self) -> bool {
+        self.published
+            .master
+            .as_ref()
+            .is_some_and(|m| matches!(self.liveness_of(m), Liveness::Up(_)))
+    }
+
+    /// What the published master last said `endpoint` acknowledged (0 when it said nothing).
+    fn masters_word(&self, endpoint: &Endpoint) -> u64 {
+        self.published_master_seen()
             .and_then(|m| m.replicas.iter().find(|r| &r.endpoint == endpoint))
-            .map_or(0, |r| r.offset);
-        own.max(masters_word)
+            .map_or(0, |r| r.offset)
     }
 
     /// `Greater` when `a` is the better candidate for master: further along, then already a

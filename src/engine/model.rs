@@ -216,6 +216,10 @@ pub struct ServerState {
     /// kept while it fails: a hung master's last view of its replicas, and how far a stalled
     /// replica had got, are what keep the decision from promoting one that is behind.
     pub last_seen: Option<RedisInfo>,
+    /// The furthest replication offset this address was seen at, and the process (run_id)
+    /// that held it. A different process later reporting less restarted from an older
+    /// snapshot: it lost data, and must not take over (`Unfit::Rewound`).
+    pub furthest: Option<(String, u64)>,
 }
 
 impl ServerState {
@@ -346,6 +350,12 @@ pub enum Unfit {
     Leaving,
     /// It does not replicate from the master it would take over from, or its link is down.
     NotReplicating,
+    /// It replicates from the master, but the master does not count it online yet (its
+    /// initial sync has not finished from the master's side).
+    NotOnline,
+    /// It holds less of the history than the master last saw it acknowledge: it restarted
+    /// from an older snapshot (a replica's sync file, say) and lost what came after.
+    Rewound,
 }
 
 /// Why each of these servers may not become the master, in one line.
@@ -370,6 +380,11 @@ impl Unfit {
             Unfit::OtherHistory => "holds another replication history (restarted empty?)",
             Unfit::Leaving => "is leaving (its pod is being deleted)",
             Unfit::NotReplicating => "does not replicate from the master, or its link is down",
+            Unfit::NotOnline => "is not online in its master's view yet (sync not finished)",
+            Unfit::Rewound => {
+                "holds less than the master last saw it acknowledge (restarted from an older \
+                 snapshot)"
+            }
         }
     }
 }

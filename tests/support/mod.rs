@@ -222,6 +222,7 @@ pub struct ServerBuilder {
     priority: Option<u32>,
     requirepass: Option<String>,
     masterauth: Option<String>,
+    maxclients: Option<u32>,
     /// Tried before a free port (the harness's own test of port races).
     first_port: Option<u16>,
     /// The loopback address it binds (default 127.0.0.1).
@@ -246,6 +247,11 @@ impl ServerBuilder {
     }
     pub fn masterauth(mut self, pw: &str) -> Self {
         self.masterauth = Some(pw.to_string());
+        self
+    }
+    /// `maxclients`: past it the server answers new connections with an error and closes them.
+    pub fn maxclients(mut self, n: u32) -> Self {
+        self.maxclients = Some(n);
         self
     }
     /// Tries `port` first, as if `free_port` had returned it.
@@ -365,6 +371,10 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(&dir)
             .args(["--port", &self.port.to_string(), "--bind", self.host()])
+            // Outgoing connections (a replica's link to its master) from its own address, as a
+            // pod's come from the pod IP: otherwise every loopback alias connects from
+            // 127.0.0.1 and a master's view of its replicas (INFO `slaveN: ip=`) names no member.
+            .args(["--bind-source-addr", self.host()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--daemonize", "no"])
             .arg("--dir")
@@ -385,6 +395,9 @@ impl RedisServer {
         }
         if let Some(pw) = &self.config.masterauth {
             cmd.args(["--masterauth", pw]);
+        }
+        if let Some(n) = self.config.maxclients {
+            cmd.args(["--maxclients", &n.to_string()]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -491,6 +504,14 @@ impl RedisServer {
 
     /// Starts the server again on the same port with the same options. Without persistence it
     /// comes back empty, and as a master unless it was configured with `replica_of`.
+    /// Kills the server and starts it again without its data and without `--replicaof`: it
+    /// comes back as an empty master of a new replication history, as a replica restarted
+    /// without persistence does when REPLICAOF was only ever sent at run time.
+    pub async fn restart_as_empty_master(&mut self) {
+        self.config.replica_of = None;
+        self.restart().await;
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         if let Err(log) = self.spawn_and_wait().await {
@@ -598,6 +619,22 @@ impl RedisServer {
                 Ok(())
             } else {
                 Err(format!("replica {r:?}, master {m:?}"))
+            }
+        })
+        .await;
+        // And the master counts it as online (its initial sync finished): what a switchover
+        // target must be.
+        let what = format!("{} sees {} online", master.addr(), self.addr());
+        let port = format!("port={},", self.port);
+        eventually(&what, SETTLE_DEADLINE, async || {
+            let info = master.info("replication").await?;
+            let online = info.iter().any(|(name, value)| {
+                name.starts_with("slave") && value.contains(&port) && value.contains("state=online")
+            });
+            if online {
+                Ok(())
+            } else {
+                Err(format!("{info:?}"))
             }
         })
         .await

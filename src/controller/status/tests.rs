@@ -47,6 +47,24 @@ fn pods() -> PodIndex {
     ])
 }
 
+fn view(pods: PodIndex) -> PairView {
+    PairView {
+        pods,
+        generation: Some(3),
+        ..PairView::default()
+    }
+}
+
+/// What the engine published: its master, with the identity it had then.
+fn published_of(engine: &Status) -> Published {
+    Published {
+        epoch: engine.epoch,
+        master: engine.master.clone(),
+        run_id: Some("published-run".into()),
+        replid: Some("published-replid".into()),
+    }
+}
+
 fn at(second: i64) -> Timestamp {
     Timestamp::from_second(second).expect("a time")
 }
@@ -62,7 +80,13 @@ fn healthy() -> Status {
 }
 
 fn build(engine: &Status, previous: &RedisPairStatus, now: i64) -> RedisPairStatus {
-    running(engine, &pods(), Some(3), None, previous, at(now))
+    running(
+        engine,
+        &view(pods()),
+        &published_of(engine),
+        previous,
+        at(now),
+    )
 }
 
 fn condition_of<'a>(status: &'a RedisPairStatus, type_: &str) -> &'a Condition {
@@ -82,7 +106,8 @@ fn a_master_with_every_replica_in_sync_is_healthy_and_named_by_pod() {
         (master.pod.as_str(), master.endpoint.as_str()),
         ("redis-0", "10.0.0.1:6379")
     );
-    assert_eq!(master.run_id.as_deref(), Some("run-1"));
+    // The published identity, not the probe's (`run-1`): a restart is judged against it.
+    assert_eq!(master.run_id.as_deref(), Some("published-run"));
     assert_eq!(status.replicas.len(), 1);
     assert_eq!(status.replicas[0].pod, "redis-1");
     assert!(status.replicas[0].link_up);
@@ -194,7 +219,13 @@ fn the_last_failover_names_pods_and_survives_an_engine_restart() {
     // The old master's pod deleted: the name written while it was there stays.
     let mut without_it = pods();
     without_it.remove(&ep(2));
-    let later = running(&failed_over, &without_it, Some(3), None, &status, at(300));
+    let later = running(
+        &failed_over,
+        &view(without_it),
+        &published_of(&failed_over),
+        &status,
+        at(300),
+    );
     assert_eq!(later.last_failover, Some(last));
 }
 
@@ -245,4 +276,50 @@ fn labels_mark_the_master_and_its_answering_replicas_only() {
         "an unpublished master is no master"
     );
     assert_eq!(labels["redis-1"], None);
+}
+
+#[test]
+fn a_master_at_maxclients_is_reported_as_such_never_as_a_wrong_password() {
+    let mut full = healthy();
+    full.servers[0].health = Health::Failing;
+    full.servers[0].role = None;
+    full.servers[0].error = Some(
+        "max-clients: ERR max number of clients reached: it refuses new connections \
+         (maxclients); redis-pair cannot manage it"
+            .into(),
+    );
+    let status = build(&full, &RedisPairStatus::default(), 100);
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("redis-0") && message.contains("maxclients"),
+        "{message}"
+    );
+    assert!(!message.contains("password"), "{message}");
+    let available = condition_of(&status, MASTER_AVAILABLE);
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("False", "MaxClients")
+    );
+    assert!(
+        available.message.contains("maxclients"),
+        "{}",
+        available.message
+    );
+    // Still the published master: nothing was failed over.
+    assert_eq!(status.master.map(|m| m.pod), Some("redis-0".into()));
+}
+
+#[test]
+fn a_wrong_password_is_still_told_apart() {
+    let mut rejected = healthy();
+    rejected.servers[1].health = Health::Failing;
+    rejected.servers[1].role = None;
+    rejected.servers[1].error = Some("auth-failed: WRONGPASS invalid password".into());
+    let status = build(&rejected, &RedisPairStatus::default(), 100);
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("password") && message.contains("redis-1"),
+        "{message}"
+    );
+    assert!(!message.contains("maxclients"), "{message}");
 }

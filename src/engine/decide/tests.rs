@@ -59,6 +59,7 @@ fn master(port: u16) -> Server {
             }),
             leaving: false,
             last_seen: None,
+            furthest: None,
         },
         None,
     )
@@ -82,6 +83,7 @@ fn failed(port: u16, kind: FailureKind, since: f64) -> Server {
             },
             leaving: false,
             last_seen: None,
+            furthest: None,
         },
         None,
     )
@@ -167,6 +169,11 @@ impl Server {
                 })
                 .collect(),
         );
+        self
+    }
+    /// The furthest offset an earlier process at this address was seen at.
+    fn held(mut self, (run_id, offset): (&str, u64)) -> Self {
+        self.0.furthest = Some((run_id.to_owned(), offset));
         self
     }
     /// What a failed server said when it last answered.
@@ -985,6 +992,7 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
                         Probe::Up(info) => Some(info),
                         Probe::Failed { .. } => None,
                     },
+                    furthest: None,
                 })
                 .collect::<Vec<_>>();
             (with_views(servers), published, policy)
@@ -1656,6 +1664,7 @@ fn check_every_world(
                     probe: probes[*i].clone(),
                     leaving: *leaving,
                     last_seen: None,
+                    furthest: None,
                 })
                 .collect();
             let servers = with_views(servers);
@@ -1858,18 +1867,39 @@ fn a_stale_replica_is_not_promoted_while_the_caught_up_one_is_only_slow() {
 
 #[test]
 fn the_masters_last_word_ranks_candidates_above_their_own() {
-    // Failure 4, second half: the replicas' own offsets are stale (probed earlier), the
-    // master's last INFO says 2 acknowledged more than 3.
+    // Failure 4, second half: 2's own last report (500) is older than the master's last word
+    // on it (900); 3 is at 700. 2 is only failing: wait for it.
     let plan = decide_at(
         &[
-            refused(1).was(master(1).sees(&[(2, true, 900, 0), (3, true, 800, 0)])),
-            replica(2, 1).offset(500),
+            refused(1).was(master(1).sees(&[(2, true, 900, 0), (3, true, 700, 0)])),
+            failed(2, FailureKind::Timeout, 4.5).was(replica(2, 1).offset(500)),
             replica(3, 1).offset(700),
+        ],
+        &published(4, Some(1)),
+        5.0,
+    );
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::CandidateBehind {
+            candidate: ep(3),
+            ahead: ep(2)
+        }),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_replica_reporting_less_than_its_master_saw_it_acknowledge_is_rewound() {
+    let plan = decide_at(
+        &[
+            refused(1).was(master(1).sees(&[(2, true, 900, 0), (3, true, 600, 0)])),
+            replica(2, 1).offset(100).run_id("restarted"),
+            replica(3, 1).offset(650),
         ],
         &published(4, Some(1)),
         0.0,
     );
-    assert_eq!(plan.promote, Some(ep(2)));
+    assert_eq!(plan.promote, Some(ep(3)));
 }
 
 #[test]
@@ -1952,7 +1982,7 @@ fn a_switchover_target_the_master_does_not_see_is_not_ready() {
     let servers = world(&[master(1).sees(&[(2, false, 0, 40)]), replica(2, 1)]);
     assert_eq!(
         switchover_target(&servers, &published(3, Some(1)), &ep(1), None),
-        Err(vec![(ep(2), Unfit::NotReplicating)])
+        Err(vec![(ep(2), Unfit::NotOnline)])
     );
     let servers = world(&[master(1), replica(2, 1)]);
     assert_eq!(
@@ -1972,4 +2002,47 @@ fn the_switchover_pause_outlasts_every_step_at_its_deadline() {
     let remaining = api * 3 + redis * 3;
     assert!(pause_holds(pause, catch_up, remaining));
     assert!(!pause_holds(pause, pause - remaining, remaining));
+}
+
+#[test]
+fn a_server_restarted_from_an_older_snapshot_of_the_history_is_not_promoted() {
+    // Found by the real-Redis test of failure 3: a replica's sync file survives its restart,
+    // so it comes back as a master whose replid2 is the history, at the offset of that old
+    // sync; the master last saw it acknowledge far more.
+    let plan = decide_at(
+        &[
+            failed(1, FailureKind::Timeout, 0.0)
+                .was(master(1).offset(9000).sees(&[(2, true, 9000, 0)])),
+            master(2)
+                .run_id("restarted")
+                .promoted_from(HISTORY)
+                .offset(100)
+                .keys(0),
+        ],
+        &published(4, Some(1)),
+        5.0,
+    );
+    assert_eq!(publishes(&plan), Some((None, 5, Reason::NoMasterReachable)));
+    assert_eq!(
+        plan.waiting,
+        Some(Waiting::NoCandidate {
+            unfit: vec![(ep(2), Unfit::Rewound)]
+        })
+    );
+    // The same from the engine's own memory of the address: an earlier process was seen at
+    // 9000, the new one reports 100 (the master's view had not caught up with it).
+    let plan = decide_at(
+        &[
+            failed(1, FailureKind::Timeout, 0.0).was(master(1).offset(9000).sees(&[])),
+            master(2)
+                .run_id("restarted")
+                .promoted_from(HISTORY)
+                .offset(100)
+                .held(("run-2", 9000)),
+        ],
+        &published(4, Some(1)),
+        5.0,
+    );
+    assert_eq!(plan.promote, None);
+    assert_eq!(publishes(&plan), Some((None, 5, Reason::NoMasterReachable)));
 }

@@ -61,6 +61,8 @@ struct Tracked {
     probe: Probe,
     /// The last answer, kept while the server fails (see `ServerState::last_seen`).
     last_seen: Option<RedisInfo>,
+    /// See `ServerState::furthest`.
+    furthest: Option<(String, u64)>,
     error: Option<String>,
     warnings: Vec<String>,
 }
@@ -78,6 +80,7 @@ impl Tracked {
                 since: now,
             },
             last_seen: None,
+            furthest: None,
             error: Some("not probed yet".into()),
             warnings: Vec::new(),
         }
@@ -313,6 +316,15 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                         info!(server = %endpoint, "server answers again");
                     }
                     tracked.last_seen = Some(observation.info.clone());
+                    let info = &observation.info;
+                    // The same process moves freely (a full resync may take it back); a new
+                    // one replaces the mark only once it has caught up with it.
+                    let keep = tracked.furthest.as_ref().is_some_and(|(run_id, offset)| {
+                        *run_id != info.run_id && info.offset < *offset
+                    });
+                    if !keep {
+                        tracked.furthest = Some((info.run_id.clone(), info.offset));
+                    }
                     tracked.probe = Probe::Up(observation.info);
                     tracked.last_answer = Some(now);
                     for warning in &observation.warnings {
@@ -361,6 +373,7 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                 probe: t.probe.clone(),
                 leaving: t.member.leaving,
                 last_seen: t.last_seen.clone(),
+                furthest: t.furthest.clone(),
             })
             .collect()
     }

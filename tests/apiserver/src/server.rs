@@ -1,6 +1,7 @@
 //! The HTTP side: a hyper server on loopback that feeds every request to the API, the
 //! kubeconfig that points at it, and the faults tests inject (an outage that refuses
-//! connections, dropped watch streams, compaction, slow responses).
+//! connections, dropped watch streams, compaction, slow responses, writes applied at once but
+//! answered late).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -56,9 +57,19 @@ struct Outage {
     until: Option<tokio::time::Instant>,
 }
 
+/// Requests whose answer is held back after they were handled (see
+/// [`ApiServer::hold_answers`]).
+#[derive(Clone, Debug)]
+struct Hold {
+    method: String,
+    body_contains: String,
+    answer_after: Duration,
+}
+
 struct Shared {
     api: Arc<Api>,
     delay: Mutex<Duration>,
+    hold: Mutex<Option<Hold>>,
     outage: watch::Sender<Outage>,
     tls: Option<crate::tls::Tls>,
 }
@@ -87,6 +98,7 @@ impl ApiServer {
         let shared = Arc::new(Shared {
             api,
             delay: Mutex::new(Duration::ZERO),
+            hold: Mutex::new(None),
             outage: watch::channel(Outage::default()).0,
             tls,
         });
@@ -191,6 +203,19 @@ impl ApiServer {
     pub fn set_delay(&self, delay: Duration) {
         if let Ok(mut current) = self.shared.delay.lock() {
             *current = delay;
+        }
+    }
+
+    /// From now on, a `method` request whose body contains `body_contains` is handled (and a
+    /// write applied) at once, but answered only after `answer_after`: the write whose
+    /// client gave up waiting although it happened. `None` ends it.
+    pub fn hold_answers(&self, rule: Option<(&str, &str, Duration)>) {
+        if let Ok(mut hold) = self.shared.hold.lock() {
+            *hold = rule.map(|(method, body_contains, answer_after)| Hold {
+                method: method.to_owned(),
+                body_contains: body_contains.to_owned(),
+                answer_after,
+            });
         }
     }
 
@@ -400,6 +425,15 @@ async fn respond(
             .collect(),
         body,
     };
+    let held = shared
+        .hold
+        .lock()
+        .ok()
+        .and_then(|hold| hold.clone())
+        .filter(|hold| {
+            hold.method.eq_ignore_ascii_case(parts.method.as_str())
+                && String::from_utf8_lossy(&request.body).contains(&hold.body_contains)
+        });
     // A handler that panicked must not take the connection with it: answer 500.
     let api = shared.api.clone();
     let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.handle(&request)))
@@ -417,6 +451,11 @@ async fn respond(
             request.accept,
             reply.code
         );
+    }
+    if let Some(hold) = held {
+        // Applied already; only the answer is late (a client that stops waiting sees a
+        // timeout, never the outcome).
+        tokio::time::sleep(hold.answer_after).await;
     }
     reply_response(reply)
 }
