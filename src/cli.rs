@@ -139,6 +139,14 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_client_backlog_mib: u32,
 
+    /// Requests read from the shared-path clients and not yet written to the master are held
+    /// to this many MiB in all, and a quarter of it per client: a client over its share, or
+    /// any client while the total is over, is not read until the master takes them (TCP
+    /// pushes back on the application; nobody is closed). Bounds the proxy's memory while
+    /// the master is stalled or no master is published (docs/DECISIONS.md).
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_request_backlog_mib: u32,
+
     /// Worker threads. One (the default) runs everything on a single-threaded runtime, which
     /// measured cheapest per request (docs/PERFORMANCE.md): the proxy's work is almost all
     /// kernel TCP, and one Redis master rarely needs more than a core of proxying. 0 = one per
@@ -157,6 +165,8 @@ impl ProxyFlags {
             multiplex: !self.no_multiplex,
             shared_connections: usize::from(self.shared_connections),
             max_client_backlog: usize::try_from(u64::from(self.max_client_backlog_mib) << 20)
+                .unwrap_or(usize::MAX),
+            max_request_backlog: usize::try_from(u64::from(self.max_request_backlog_mib) << 20)
                 .unwrap_or(usize::MAX),
         }
     }

@@ -149,6 +149,11 @@ pub struct ProxyMetrics {
     pub pinned: Counter,
     /// Clients closed for not reading their replies (over --max-client-backlog-mib).
     pub closed_slow_clients: Counter,
+    /// Request bytes read from shared-path clients, not yet written to the master.
+    pub request_backlog_bytes: Gauge,
+    /// Times a shared-path client stopped being read because requests waiting for the master
+    /// were over --max-request-backlog-mib (its share, or the total).
+    pub client_reads_paused: Counter,
 }
 
 impl ProxyMetrics {
@@ -208,6 +213,17 @@ impl ProxyMetrics {
             "proxy_closed_slow_clients",
             "Clients closed because more than --max-client-backlog-mib of replies waited for them",
             proxy.closed_slow_clients.clone(),
+        );
+        registry.register(
+            "proxy_request_backlog_bytes",
+            "Request bytes read from shared-path clients and not yet written to the master",
+            proxy.request_backlog_bytes.clone(),
+        );
+        registry.register(
+            "proxy_client_reads_paused",
+            "Times a client stopped being read because requests waiting for the master were over \
+             --max-request-backlog-mib",
+            proxy.client_reads_paused.clone(),
         );
         proxy
     }

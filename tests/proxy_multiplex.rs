@@ -8,10 +8,16 @@
 
 pub mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
 use support::{
-    Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, eventually, metric, proxied_pair,
+    Conn, RedisPair, RedisServer, Resp, SETTLE_DEADLINE, always, eventually, metric, proxied_pair,
     resp::encode,
 };
 
@@ -653,4 +659,370 @@ async fn an_idle_shared_connection_closed_by_redis_timeout_is_replaced_without_a
     // The client was owed nothing, so it was not closed; its next request takes a new
     // shared connection.
     assert_eq!(client.cmd(&["GET", "k"]).await.unwrap(), bulk("1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request backpressure (issue 14, failure 6): a master that takes nothing must not grow the
+// proxy; the clients sending to it are simply not read, and lose nothing.
+// ---------------------------------------------------------------------------------------------
+
+/// Values a flooding client sets: large, as in the issue's reproduction.
+const FLOOD_VALUE: usize = 512 * 1024;
+/// What a flooding client sends at most (200 MiB): enough to show an unbounded proxy,
+/// little enough that one does not exhaust the test machine.
+const FLOOD_MAX_REQUESTS: usize = 400;
+/// The proxy's resident memory must stay under this while clients flood a stopped master.
+/// Debug build, idle: about 15 MiB; the request budget is 8 MiB by default, 4 MiB below.
+const FLOOD_RSS_BOUND: u64 = 64 << 20;
+
+/// The `i`th request pair of flooding client `id`: SET of a value that names it, then RPUSH
+/// of `i` on the client's order list, whose reply (the list's length, `i + 1`) proves order.
+fn flood_request(id: usize, i: usize) -> Vec<u8> {
+    let mut value = format!("{id}:{i:08}:").into_bytes();
+    value.resize(FLOOD_VALUE, b'v');
+    let mut bytes = encode(&[b"SET".as_slice(), format!("f{id}:{i}").as_bytes(), &value]);
+    bytes.extend_from_slice(&encode(&["RPUSH", &format!("f{id}:order"), &i.to_string()]));
+    bytes
+}
+
+/// A client that pipelines `flood_request`s as fast as the proxy takes them, reading
+/// nothing, until `stop` (it finishes the request it is writing, which may need the master).
+struct Flood {
+    id: usize,
+    sent: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<std::io::Result<OwnedWriteHalf>>,
+    reader: OwnedReadHalf,
+}
+
+impl Flood {
+    async fn start(pair: &RedisPair, id: usize) -> Flood {
+        let stream = TcpStream::connect(pair.proxy_addr())
+            .await
+            .expect("connect to the proxy");
+        let (reader, mut writer) = stream.into_split();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent_by_task, stop_for_task) = (sent.clone(), stop.clone());
+        let writer = tokio::spawn(async move {
+            for i in 0..FLOOD_MAX_REQUESTS {
+                if stop_for_task.load(Ordering::SeqCst) {
+                    break;
+                }
+                writer.write_all(&flood_request(id, i)).await?;
+                sent_by_task.store(i + 1, Ordering::SeqCst);
+            }
+            Ok(writer)
+        });
+        Flood {
+            id,
+            sent,
+            stop,
+            writer,
+            reader,
+        }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// After `stop`: the proxy closes the connection without a reply.
+    async fn await_closed(mut self) {
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(SETTLE_DEADLINE, self.reader.read(&mut buf)).await;
+        self.writer.abort();
+        match read {
+            Err(_) => panic!("client {} still open", self.id),
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("client {}: {n} bytes of replies", self.id),
+        }
+    }
+
+    /// After `stop` and the master's return: every request pair sent gets its two replies,
+    /// in order, and nothing else; returns how many pairs were sent.
+    async fn replies_all_arrive(mut self) -> usize {
+        let writer = tokio::time::timeout(SETTLE_DEADLINE, self.writer)
+            .await
+            .unwrap_or_else(|_| panic!("client {} still sending", self.id))
+            .expect("writer task")
+            .unwrap_or_else(|e| panic!("client {}: the proxy refused its requests: {e}", self.id));
+        let sent = self.sent.load(Ordering::SeqCst);
+        let mut expected = Vec::new();
+        for i in 0..sent {
+            expected.extend_from_slice(format!("+OK\r\n:{}\r\n", i + 1).as_bytes());
+        }
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(SETTLE_DEADLINE, self.reader.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("client {}: not every reply arrived", self.id))
+            .unwrap_or_else(|e| panic!("client {}: connection closed: {e}", self.id));
+        assert!(
+            got == expected,
+            "client {}: replies out of order or wrong: {:?}",
+            self.id,
+            String::from_utf8_lossy(&got)
+        );
+        drop(writer);
+        sent
+    }
+}
+
+/// Every request pair flooding client `id` sent reached the master once, in order.
+async fn flood_landed(master: &RedisServer, id: usize, sent: usize) {
+    let order = master
+        .cmd(&["LRANGE", &format!("f{id}:order"), "0", "-1"])
+        .await
+        .expect("LRANGE");
+    let want: Vec<Resp> = (0..sent).map(|i| bulk(i.to_string())).collect();
+    assert_eq!(order, Resp::Array(want), "client {id}'s RPUSHes in order");
+    for i in 0..sent {
+        let key = format!("f{id}:{i}");
+        let prefix = format!("{id}:{i:08}:");
+        assert_eq!(
+            master
+                .cmd(&["GETRANGE", &key, "0", &(prefix.len() - 1).to_string()])
+                .await
+                .expect("GETRANGE"),
+            bulk(&prefix),
+            "{key}"
+        );
+        assert_eq!(
+            master.cmd(&["STRLEN", &key]).await.expect("STRLEN"),
+            Resp::Int(FLOOD_VALUE as i64),
+            "{key}"
+        );
+    }
+}
+
+/// A master, its replica and redis-pair with `extra` flags; down-after is long, so that a
+/// stopped master stays published (these tests are about the proxy, not the failover).
+async fn pair_that_waits_for_its_master(extra: &[&str]) -> (RedisServer, RedisServer, RedisPair) {
+    let a = RedisServer::master().await;
+    let b = RedisServer::replica(&a).await;
+    let mut builder = RedisPair::builder()
+        .server(&a)
+        .server(&b)
+        .down_after(Duration::from_secs(300));
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let pair = builder.start().await;
+    pair.await_master(Some(&a.addr()), SETTLE_DEADLINE).await;
+    (a, b, pair)
+}
+
+async fn request_backlog(pair: &RedisPair) -> Result<f64, String> {
+    let text = pair.metrics().await?;
+    metric(&text, "redispair_proxy_request_backlog_bytes")
+        .ok_or_else(|| "no redispair_proxy_request_backlog_bytes".to_string())
+}
+
+#[tokio::test]
+async fn a_client_pipelining_into_a_stopped_master_is_not_read_and_loses_nothing() {
+    client_pipelining_into_a_stopped_master(&[]).await;
+}
+
+#[tokio::test]
+async fn a_client_pipelining_into_a_stopped_master_is_held_on_a_multi_thread_runtime() {
+    client_pipelining_into_a_stopped_master(&["--threads", "2", "--shared-connections", "2"]).await;
+}
+
+async fn client_pipelining_into_a_stopped_master(extra: &[&str]) {
+    let (mut a, _b, pair) = pair_that_waits_for_its_master(extra).await;
+    // Default --max-request-backlog-mib 8: a client's share is 2 MiB; with one request in
+    // progress and one read on top, 3.1 MiB at most.
+    let share_bound = f64::from(2 << 20) + FLOOD_VALUE as f64 * 2.0 + 65536.0;
+    let idle_rss = pair.rss_bytes().expect("rss");
+    a.stop();
+    let flood = Flood::start(&pair, 0).await;
+    eventually(
+        "the proxy to have taken the client's share of requests",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            n if n >= f64::from(2 << 20) => Ok(()),
+            n => Err(format!("request backlog {n} bytes, {} sent", flood.sent())),
+        },
+    )
+    .await;
+    // The client keeps sending (its writes wait in the kernel); the proxy stays small.
+    let mut peak_rss = 0;
+    always(
+        "the proxy holds a bounded backlog while the client keeps sending",
+        Duration::from_secs(3),
+        async || {
+            let rss = pair.rss_bytes()?;
+            peak_rss = peak_rss.max(rss);
+            let backlog = request_backlog(&pair).await?;
+            if rss > FLOOD_RSS_BOUND {
+                return Err(format!(
+                    "proxy RSS {} MiB (idle {} MiB)",
+                    rss >> 20,
+                    idle_rss >> 20
+                ));
+            }
+            if backlog > share_bound {
+                return Err(format!("request backlog {backlog} bytes"));
+            }
+            if flood.sent() == FLOOD_MAX_REQUESTS {
+                return Err("the proxy took all 200 MiB from the client".into());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert!(proxy_metric(&pair, "redispair_proxy_client_reads_paused_total").await >= 1.0);
+
+    flood.stop();
+    a.cont();
+    let sent = flood.replies_all_arrive().await;
+    eprintln!(
+        "sent {sent} requests of {} KiB; proxy RSS idle {} MiB, peak {} MiB",
+        FLOOD_VALUE >> 10,
+        idle_rss >> 20,
+        peak_rss >> 20
+    );
+    assert!(
+        sent >= 4,
+        "the client sent {sent} requests before it was held back"
+    );
+    flood_landed(&a, 0, sent).await;
+    assert_eq!(
+        a.cmd(&["DBSIZE"]).await.expect("DBSIZE"),
+        Resp::Int(sent as i64 + 1),
+        "nothing but the flood's keys and its order list"
+    );
+    eventually(
+        "the request backlog to drain",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            0.0 => Ok(()),
+            n => Err(format!("{n} bytes")),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn many_clients_flooding_a_stopped_master_are_held_to_their_share_and_the_total() {
+    // 4 MiB in all, 1 MiB per client: six clients need more than the total.
+    let (mut a, _b, pair) =
+        pair_that_waits_for_its_master(&["--max-request-backlog-mib", "4"]).await;
+    let one_read = FLOOD_VALUE as f64 * 2.0 + 65536.0;
+    a.stop();
+    let mut floods = Vec::new();
+    for id in 0..6 {
+        floods.push(Flood::start(&pair, id).await);
+    }
+    eventually(
+        "every client to be paused",
+        SETTLE_DEADLINE,
+        async || match metric(
+            &pair.metrics().await?,
+            "redispair_proxy_client_reads_paused_total",
+        ) {
+            Some(n) if n >= 6.0 => Ok(()),
+            other => Err(format!("client_reads_paused {other:?}")),
+        },
+    )
+    .await;
+    // A client that arrives now, with one small request, is not read either: the total is
+    // spent. Its request is answered once the master is back.
+    let mut late = pair.proxy_conn().await.expect("connect");
+    late.send(&["SET", "late", "1"]).await.expect("send");
+    always(
+        "the total stays within --max-request-backlog-mib and one read",
+        Duration::from_secs(2),
+        async || {
+            let backlog = request_backlog(&pair).await?;
+            let rss = pair.rss_bytes()?;
+            if backlog > f64::from(4 << 20) + one_read {
+                return Err(format!("request backlog {backlog} bytes"));
+            }
+            if rss > FLOOD_RSS_BOUND {
+                return Err(format!("proxy RSS {} MiB", rss >> 20));
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    for flood in &floods {
+        flood.stop();
+    }
+    a.cont();
+    let mut total = 0;
+    for flood in floods {
+        let id = flood.id;
+        let sent = flood.replies_all_arrive().await;
+        flood_landed(&a, id, sent).await;
+        total += sent;
+    }
+    assert_eq!(
+        late.read_within(SETTLE_DEADLINE).await.expect("reply"),
+        ok()
+    );
+    assert_eq!(
+        a.cmd(&["DBSIZE"]).await.expect("DBSIZE"),
+        Resp::Int(total as i64 + 6 + 1),
+        "the floods' keys, their six order lists and the late client's key"
+    );
+}
+
+#[tokio::test]
+async fn a_client_pipelining_while_no_master_is_reachable_is_held_then_closed_at_the_wait() {
+    let (mut a, mut b, pair) = pair_that_waits_for_its_master(&["--wait-for-master", "3s"]).await;
+    // Both gone (the replica first, so that nothing is promoted): the proxy has no master to
+    // connect to. No client has used the proxy yet, so the flood's first request opens the
+    // shared connection, which waits for a publication that does not come.
+    b.kill();
+    a.kill();
+    let flood = Flood::start(&pair, 0).await;
+    eventually(
+        "the proxy to have taken the client's share of requests",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            n if n >= f64::from(2 << 20) => Ok(()),
+            n => Err(format!("request backlog {n} bytes, {} sent", flood.sent())),
+        },
+    )
+    .await;
+    let share_bound = f64::from(2 << 20) + FLOOD_VALUE as f64 * 2.0 + 65536.0;
+    always(
+        "the proxy holds a bounded backlog while it waits for a master",
+        Duration::from_secs(1),
+        async || {
+            let backlog = request_backlog(&pair).await?;
+            let rss = pair.rss_bytes()?;
+            if backlog > share_bound {
+                return Err(format!("request backlog {backlog} bytes"));
+            }
+            if rss > FLOOD_RSS_BOUND {
+                return Err(format!("proxy RSS {} MiB", rss >> 20));
+            }
+            if flood.sent() == FLOOD_MAX_REQUESTS {
+                return Err("the proxy took all 200 MiB from the client".into());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    // At --wait-for-master the client is closed, as a direct connection to a dead server
+    // would be (none of its requests was answered), and the budget is whole again.
+    flood.stop();
+    flood.await_closed().await;
+    eventually(
+        "the request backlog to drain",
+        SETTLE_DEADLINE,
+        async || match request_backlog(&pair).await? {
+            0.0 => Ok(()),
+            n => Err(format!("{n} bytes")),
+        },
+    )
+    .await;
+    assert!(proxy_metric(&pair, "redispair_proxy_no_master_timeouts_total").await >= 1.0);
 }

@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     pub shared_connections: usize,
     /// A client on the shared path with more replies than this waiting for it is closed.
     pub max_client_backlog: usize,
+    /// Request bytes the shared path holds for the master, in all; a quarter of it per
+    /// client (`mux::RequestBudget`).
+    pub max_request_backlog: usize,
 }
 
 /// Where clients connect: a TCP address, and optionally a Unix socket as well.

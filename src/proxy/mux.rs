@@ -20,6 +20,13 @@
 //! Failure: when the server connection ends or a newer epoch is published, every client that
 //! is owed a reply on it is closed (its requests may or may not have run, exactly as when a
 //! direct connection breaks); clients owed nothing stay open and use the next connection.
+//!
+//! Memory: requests wait in a connection's `outgoing` only until the server socket takes
+//! them, and a `RequestBudget` bounds those bytes per client and in all; a client over it is
+//! simply not read (backpressure through TCP to the application) until the server drains
+//! them, so a stalled master or a wait for one cannot grow the proxy. Replies are bounded per
+//! client by `--max-client-backlog-mib` (`Client::deliver`), and a client owes at most
+//! `MAX_OWED_REPLIES`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -32,8 +39,9 @@ use tracing::{debug, warn};
 
 use super::resp::{self, Reply, Request};
 use super::socket::{ClientSocket, Socket, shutdown, write_now};
-use super::{Connector, SCRATCH, newer_epoch, write_all};
+use super::{Connector, SCRATCH, newer_epoch};
 use crate::metrics::ProxyMetrics;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A client owed more than this many replies stops being read until some arrive, so a client
 /// that pipelines without reading cannot grow the proxy's queues without bound.
@@ -47,14 +55,20 @@ const SPREAD_AT: usize = 64;
 pub(super) struct Mux {
     connector: Connector,
     pool: Mutex<Vec<Option<Arc<Upstream>>>>,
+    budget: Arc<RequestBudget>,
 }
 
 impl Mux {
     pub(super) fn new(connector: Connector) -> Arc<Self> {
         let size = connector.config.shared_connections.max(1);
+        let budget = Arc::new(RequestBudget::new(
+            connector.config.max_request_backlog,
+            connector.metrics.request_backlog_bytes.clone(),
+        ));
         Arc::new(Self {
             connector,
             pool: Mutex::new(vec![None; size]),
+            budget,
         })
     }
 
@@ -86,7 +100,7 @@ impl Mux {
         if let (Some((_, upstream)), None) = (least, free) {
             return upstream.clone();
         }
-        let upstream = Arc::new(Upstream::default());
+        let upstream = Arc::new(Upstream::new(self.budget.clone()));
         if let Some(slot) = pool.get_mut(free.unwrap_or(0)) {
             *slot = Some(upstream.clone());
         }
@@ -95,10 +109,86 @@ impl Mux {
     }
 }
 
+/// Request bytes read from clients and not yet written to a server socket, bounded in all
+/// (`limit`, --max-request-backlog-mib) and per client (`client_limit`, a quarter of it, so
+/// that one client pipelining into a stalled master leaves room for the others).
+///
+/// The bound is checked before each read of a client, so it is exceeded by at most what one
+/// read completes: the rest of a request already partly read (up to `MAX_SHARED_REQUEST`)
+/// plus one read, per thread. A client over its share is woken when its bytes fall to half
+/// of it, so that the writer moves a batch before the client is read again (its bytes are all
+/// on one connection: it moves only when owed nothing). Clients waiting for the total are
+/// woken as soon as it is back under the limit: bytes stuck on one stalled connection must
+/// not keep the clients of the others waiting for a lower mark.
+struct RequestBudget {
+    total: AtomicUsize,
+    limit: usize,
+    client_limit: usize,
+    /// Wakes every client waiting for the total to fall (`notify_waiters`: no permit is
+    /// stored, so a client creates its `notified()` before it checks the total).
+    drained: Notify,
+    /// The same total, for /metrics.
+    gauge: Gauge,
+}
+
+impl RequestBudget {
+    fn new(limit: usize, gauge: Gauge) -> Self {
+        let limit = limit.max(1);
+        Self {
+            total: AtomicUsize::new(0),
+            limit,
+            client_limit: (limit / 4).max(1),
+            drained: Notify::new(),
+            gauge,
+        }
+    }
+
+    /// `client` queued `bytes` toward a server; called under the upstream's `state` lock,
+    /// with the entry added to its `unsent` ledger.
+    fn take(&self, client: &Client, bytes: usize) {
+        client.unsent.fetch_add(bytes, Ordering::Relaxed);
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+        self.gauge.inc_by(to_i64(bytes));
+    }
+
+    /// `bytes` of `client`'s requests were written to the server, or dropped with the
+    /// connection; called under the upstream's `state` lock. Wakes the client when its own
+    /// bytes fall to half its limit.
+    fn give_back_client(&self, client: &Client, bytes: usize) {
+        let low = self.client_limit / 2;
+        let before = client.unsent.fetch_sub(bytes, Ordering::Relaxed);
+        if before > low && before - bytes <= low {
+            client.wake.notify_one();
+        }
+    }
+
+    /// Completes `give_back_client` for `bytes` in all; wakes every client waiting for the
+    /// total when it is back under the limit.
+    fn give_back_total(&self, bytes: usize) {
+        let before = self.total.fetch_sub(bytes, Ordering::Relaxed);
+        self.gauge.dec_by(to_i64(bytes));
+        if before > self.limit && before - bytes <= self.limit {
+            self.drained.notify_waiters();
+        }
+    }
+
+    fn client_over(&self, client: &Client) -> bool {
+        client.unsent.load(Ordering::Relaxed) > self.client_limit
+    }
+
+    fn total_over(&self) -> bool {
+        self.total.load(Ordering::Relaxed) > self.limit
+    }
+}
+
+fn to_i64(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 /// One shared server connection.
-#[derive(Default)]
 struct Upstream {
     state: Mutex<UpstreamState>,
+    budget: Arc<RequestBudget>,
     /// Replies owed on this connection, for choosing the least loaded one.
     load: AtomicUsize,
     /// Set once, under the `state` lock (so `submit` never queues on a closed connection);
@@ -110,8 +200,12 @@ struct Upstream {
 
 #[derive(Default)]
 struct UpstreamState {
-    /// Requests not yet written to the server.
+    /// Requests not yet handed to the writer.
     outgoing: Vec<u8>,
+    /// Whose bytes are not yet written to the server, in order: first the rest of the
+    /// writer's current batch, then `outgoing`. The writer gives them back to the budget as
+    /// the socket takes them; `close` gives back the rest.
+    unsent: VecDeque<Unsent>,
     /// Who is owed the next replies, in order.
     owed: VecDeque<Owed>,
 }
@@ -121,7 +215,22 @@ struct Owed {
     replies: usize,
 }
 
+struct Unsent {
+    client: Arc<Client>,
+    bytes: usize,
+}
+
 impl Upstream {
+    fn new(budget: Arc<RequestBudget>) -> Self {
+        Self {
+            state: Mutex::default(),
+            budget,
+            load: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            queued: Notify::new(),
+        }
+    }
+
     /// Queues complete, shareable requests of `client`. False if this connection has closed
     /// (the caller gets a new one and retries).
     fn submit(&self, client: &Arc<Client>, requests: &[u8], count: usize) -> bool {
@@ -138,6 +247,14 @@ impl Upstream {
                 replies: count,
             }),
         }
+        match state.unsent.back_mut() {
+            Some(last) if Arc::ptr_eq(&last.client, client) => last.bytes += requests.len(),
+            _ => state.unsent.push_back(Unsent {
+                client: client.clone(),
+                bytes: requests.len(),
+            }),
+        }
+        self.budget.take(client, requests.len());
         let was_empty = state.outgoing.is_empty();
         state.outgoing.extend_from_slice(requests);
         drop(state);
@@ -173,6 +290,15 @@ impl Upstream {
             let mut state = lock(&self.state);
             self.closed.store(true, Ordering::Relaxed);
             state.outgoing = Vec::new();
+            // The writer is gone (or never ran): what it had not written is dropped, and
+            // the clients waiting on it may be read again (those owed replies are closed
+            // below).
+            let mut dropped = 0;
+            for Unsent { client, bytes } in std::mem::take(&mut state.unsent) {
+                self.budget.give_back_client(&client, bytes);
+                dropped += bytes;
+            }
+            self.budget.give_back_total(dropped);
             std::mem::take(&mut state.owed)
         };
         for Owed { client, .. } in owed {
@@ -193,12 +319,45 @@ impl Upstream {
                 self.queued.notified().await;
                 continue;
             }
-            write_all(stream, &writing).await?;
+            // As `write_all`, but each write gives its bytes back to the budget at once, so
+            // clients waiting on it are read again while the rest of a large batch is sent.
+            let mut rest = &writing[..];
+            loop {
+                let written = write_now(stream, rest)?;
+                if written > 0 {
+                    self.sent(written);
+                    rest = &rest[written..];
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                stream.writable().await?;
+            }
             writing.clear();
             if writing.capacity() > 4 * resp::MAX_SHARED_REQUEST {
                 writing = Vec::new();
             }
         }
+    }
+
+    /// The server socket took the next `bytes` of the writer's batch.
+    fn sent(&self, bytes: usize) {
+        let mut state = lock(&self.state);
+        let mut left = bytes;
+        while left > 0 {
+            let Some(front) = state.unsent.front_mut() else {
+                break;
+            };
+            let done = front.bytes.min(left);
+            front.bytes -= done;
+            left -= done;
+            self.budget.give_back_client(&front.client, done);
+            if front.bytes == 0 {
+                state.unsent.pop_front();
+            }
+        }
+        drop(state);
+        self.budget.give_back_total(bytes - left);
     }
 
     async fn read_replies(&self, stream: &TcpStream, connector: &Connector) -> io::Result<()> {
@@ -299,9 +458,12 @@ pub(super) struct Client {
     stream: ClientSocket,
     /// Replies owed to this client on the shared connection.
     owed: AtomicUsize,
+    /// Bytes of its requests queued and not yet written to the server (`RequestBudget`).
+    unsent: AtomicUsize,
     out: Mutex<ClientOut>,
     /// Wakes the client's task: a backlog to flush, the last owed reply delivered while it
-    /// waits for that, or a failure.
+    /// waits for that, its unsent requests down to half its share of the budget, or a
+    /// failure.
     wake: Notify,
 }
 
@@ -322,6 +484,7 @@ impl Client {
         Arc::new(Self {
             stream,
             owed: AtomicUsize::new(0),
+            unsent: AtomicUsize::new(0),
             out: Mutex::new(ClientOut::default()),
             wake: Notify::new(),
         })
@@ -433,6 +596,8 @@ async fn serve_shared_inner(client: &Arc<Client>, mux: &Arc<Mux>) -> io::Result<
     // Taken at the first request, so a client that connects and says nothing costs no
     // server connection.
     let mut upstream: Option<Arc<Upstream>> = None;
+    let budget = &mux.budget;
+    let mut paused = false;
     loop {
         // Replies first: a client that is not reading them is not read either.
         if !client.flush()? {
@@ -452,6 +617,27 @@ async fn serve_shared_inner(client: &Arc<Client>, mux: &Arc<Mux>) -> io::Result<
             wait_for_owed(client, MAX_OWED_REPLIES / 2).await;
             continue;
         }
+        // Then requests: while the server is not taking them (stalled, slow, or no master to
+        // connect to yet), a client over its share of the budget, or any client while the
+        // total is over, is not read; TCP makes the application wait. Replies and failures
+        // still wake it through `wake`.
+        if budget.client_over(client) {
+            note_pause(&mut paused, metrics);
+            client.wake.notified().await;
+            continue;
+        }
+        if budget.total_over() {
+            let drained = budget.drained.notified();
+            if budget.total_over() {
+                note_pause(&mut paused, metrics);
+                tokio::select! {
+                    () = drained => {}
+                    () = client.wake.notified() => {}
+                }
+            }
+            continue;
+        }
+        paused = false;
         tokio::select! {
             ready = client.stream.readable() => ready?,
             () = client.wake.notified() => continue,
@@ -505,6 +691,14 @@ async fn serve_shared_inner(client: &Arc<Client>, mux: &Arc<Mux>) -> io::Result<
                 return Ok(SharedEnd::Closed);
             }
         }
+    }
+}
+
+/// Counts a pause once, not at every wake-up during it.
+fn note_pause(paused: &mut bool, metrics: &ProxyMetrics) {
+    if !*paused {
+        *paused = true;
+        metrics.client_reads_paused.inc();
     }
 }
 

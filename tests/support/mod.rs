@@ -1022,6 +1022,20 @@ impl RedisPair {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Resident memory of the redis-pair process now (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> Result<u64, String> {
+        let pid = self.child.as_ref().ok_or("redis-pair is not running")?.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
+        Ok(kib * 1024)
+    }
+
     async fn await_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut last;
