@@ -11,6 +11,8 @@ pub mod ops;
 pub mod publish;
 pub mod redis_io;
 pub mod runner;
+#[cfg(test)]
+mod sim;
 
 pub use decide::{Fencing, Foreign, Policy, Publication, decide, judge_foreign};
 pub use model::{
