@@ -363,6 +363,7 @@ impl<'a> View<'a> {
         // The same process reports another history than the one published (its first replica
         // made it start a new one): that is what its replicas carry now; publish it.
         let renamed = info.role == Role::Master
+            && !history_is_provisional(info)
             && self.published.run_id.as_deref() == Some(info.run_id.as_str())
             && self.published.replid.as_deref() != Some(info.replid.as_str());
         let refresh = renamed.then(|| {
@@ -557,21 +558,25 @@ impl<'a> View<'a> {
 
     /// Rule 3: `info` holds data of the published master's replication history.
     fn holds_history(&self, info: &RedisInfo) -> bool {
-        let Some(replid) = self.published.replid.as_deref() else {
-            // Published by an older version: only a synced replica of the published master.
+        // The published history, the one it continues (a server still on that one holds the
+        // data up to the promotion), and the published master's current one when it is the
+        // same process (what its replicas carry once they synced from it).
+        let mut history: Vec<&str> = Vec::new();
+        history.extend(self.published.replid.as_deref());
+        history.extend(self.published.replid2.as_deref());
+        if let Some(master) = self.published_master_seen()
+            && !history_is_provisional(master)
+        {
+            history.push(&master.replid);
+            history.extend(master.replid2.as_deref());
+        }
+        if history.is_empty() {
+            // Not known (an older version's publication, or a master that had no replica
+            // yet): only a synced replica of the published master.
             return info.role == Role::Replica
                 && info.synced
                 && info.master.is_some()
                 && info.master == self.published.master;
-        };
-        let mut history = vec![replid];
-        // The history it continues: a server still on it holds the data up to the promotion.
-        history.extend(self.published.replid2.as_deref());
-        // The published master's current history, when it is the same process: what its
-        // replicas carry once they synced from it.
-        if let Some(master) = self.published_master_seen() {
-            history.push(&master.replid);
-            history.extend(master.replid2.as_deref());
         }
         match info.role {
             Role::Replica => {
@@ -696,7 +701,7 @@ impl<'a> View<'a> {
                     epoch: self.published.epoch + 1,
                     master: Some(chosen.clone()),
                     run_id: Some(info.run_id.clone()),
-                    replid: Some(info.replid.clone()),
+                    replid: (!history_is_provisional(info)).then(|| info.replid.clone()),
                     replid2: info.replid2.clone(),
                 },
                 reason,
@@ -760,6 +765,14 @@ fn has_replica_in_sync(master: &RedisInfo, max_lag_secs: u32) -> bool {
             .replicas
             .iter()
             .any(|r| r.online && r.lag_secs <= u64::from(max_lag_secs))
+}
+
+/// A master that never had a replica has no replication backlog, and Redis gives it a new
+/// `master_replid` (dropping the old one) when its first replica attaches: its history is
+/// not yet the name its replicas will carry, so it is published as not known (the stricter
+/// rule applies) until it is refreshed.
+pub fn history_is_provisional(info: &RedisInfo) -> bool {
+    info.role == Role::Master && info.offset == 0 && info.replicas.is_empty()
 }
 
 /// A replica may be promoted when it is allowed to (priority > 0) and holds data it got from

@@ -1303,41 +1303,43 @@ fn promotion_is_the_most_caught_up_candidate(
 /// Rule 3 stated independently: of the published history (its replid, or promoted from it),
 /// or, with the history not known, a synced replica of the published master.
 fn holds_published_data(servers: &[ServerState], published: &Published, info: &RedisInfo) -> bool {
-    match &published.replid {
-        Some(history) => {
-            // The published master's own history counts too when it is the published process
-            // (after its promotion its replicas carry its new replid).
-            let mut ids = vec![history.clone()];
-            if let Some(seen) = published
-                .master
-                .as_ref()
-                .and_then(|m| servers.iter().find(|s| &s.endpoint == m))
-                .and_then(|s| s.last_seen.as_ref())
-                .filter(|seen| {
-                    seen.role == Role::Master
-                        && published.run_id.as_deref() == Some(seen.run_id.as_str())
-                })
-            {
-                ids.push(seen.replid.clone());
-                ids.extend(seen.replid2.clone());
-            }
-            let of_history = ids.contains(&info.replid)
-                || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
-            match info.role {
-                Role::Replica => info.synced && of_history,
-                Role::Master => {
-                    of_history || published.run_id.as_deref() == Some(info.run_id.as_str())
-                }
-            }
-        }
-        // Nothing known to compare with (start-up): any data is the data.
-        None if published.master.is_none() => true,
-        None => {
-            info.role == Role::Replica
+    // The published history and the one it continues, and the published master's own when it
+    // is the published process and has had a replica (after its promotion, or its first
+    // replica, its replicas carry its current replid).
+    let mut ids: Vec<String> = published
+        .replid
+        .iter()
+        .chain(&published.replid2)
+        .cloned()
+        .collect();
+    if let Some(seen) = published
+        .master
+        .as_ref()
+        .and_then(|m| servers.iter().find(|s| &s.endpoint == m))
+        .and_then(|s| s.last_seen.as_ref())
+        .filter(|seen| {
+            seen.role == Role::Master
+                && published.run_id.as_deref() == Some(seen.run_id.as_str())
+                && !(seen.offset == 0 && seen.replicas.is_empty())
+        })
+    {
+        ids.push(seen.replid.clone());
+        ids.extend(seen.replid2.clone());
+    }
+    if ids.is_empty() {
+        // Nothing known to compare with at start-up: any data is the data; else only a
+        // synced replica of the published master.
+        return published.master.is_none()
+            || (info.role == Role::Replica
                 && info.synced
                 && info.master.is_some()
-                && info.master == published.master
-        }
+                && info.master == published.master);
+    }
+    let of_history =
+        ids.contains(&info.replid) || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
+    match info.role {
+        Role::Replica => info.synced && of_history,
+        Role::Master => of_history || published.run_id.as_deref() == Some(info.run_id.as_str()),
     }
 }
 

@@ -597,7 +597,10 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
         let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
         let known = |host: &str, port: u16| known_member(&members, host, port);
         match self.redis.probe(server, &known, false).await {
-            Ok(observation) if observation.info.role == Role::Master => {
+            Ok(observation)
+                if observation.info.role == Role::Master
+                    && !super::decide::history_is_provisional(&observation.info) =>
+            {
                 Some((observation.info.replid, observation.info.replid2))
             }
             Ok(_) => None,
