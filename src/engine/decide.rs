@@ -572,11 +572,24 @@ impl<'a> View<'a> {
         }
         if history.is_empty() {
             // Not known (an older version's publication, or a master that had no replica
-            // yet): only a synced replica of the published master.
-            return info.role == Role::Replica
-                && info.synced
-                && info.master.is_some()
-                && info.master == self.published.master;
+            // yet): what the synced replicas of the published master carry is its history.
+            let of_master = |i: &RedisInfo| {
+                i.role == Role::Replica
+                    && i.synced
+                    && i.master.is_some()
+                    && i.master == self.published.master
+            };
+            if of_master(info) {
+                return true;
+            }
+            history.extend(
+                self.up()
+                    .filter(|(_, i)| of_master(i))
+                    .map(|(_, i)| i.replid.as_str()),
+            );
+            if history.is_empty() {
+                return false;
+            }
         }
         match info.role {
             Role::Replica => {

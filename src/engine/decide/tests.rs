@@ -1326,14 +1326,24 @@ fn holds_published_data(servers: &[ServerState], published: &Published, info: &R
         ids.push(seen.replid.clone());
         ids.extend(seen.replid2.clone());
     }
+    let of_master = |i: &RedisInfo| {
+        i.role == Role::Replica && i.synced && i.master.is_some() && i.master == published.master
+    };
     if ids.is_empty() {
-        // Nothing known to compare with at start-up: any data is the data; else only a
-        // synced replica of the published master.
-        return published.master.is_none()
-            || (info.role == Role::Replica
-                && info.synced
-                && info.master.is_some()
-                && info.master == published.master);
+        // Nothing known to compare with at start-up: any data is the data; else what the
+        // synced replicas of the published master carry.
+        if published.master.is_none() || of_master(info) {
+            return true;
+        }
+        ids = servers
+            .iter()
+            .filter_map(ServerState::info)
+            .filter(|i| of_master(i))
+            .map(|i| i.replid.clone())
+            .collect();
+        if ids.is_empty() {
+            return false;
+        }
     }
     let of_history =
         ids.contains(&info.replid) || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
