@@ -126,13 +126,24 @@ async fn leader(controllers: &[Controller]) -> String {
 async fn cluster(pods: usize, controllers: &[&str]) -> (Kube, Vec<RedisPod>, Vec<Controller>, u64) {
     let kube = Kube::start().await;
     let pods = RedisPod::start_group(&kube, PAIR, pods).await;
+    // The first pod is made the master before any controller runs, so the controller keeps
+    // the existing topology. Left as empty masters, which one it keeps is its choice (the
+    // address order of equal servers: 127.0.0.10 sorts before 127.0.0.9), and the tests
+    // below must not depend on it.
+    for pod in &pods[1..] {
+        let master = pods[0].server.addr();
+        let (host, port) = master.rsplit_once(':').expect("host:port");
+        pod.server
+            .cmd(&["REPLICAOF", host, port])
+            .await
+            .expect("REPLICAOF the first pod");
+        await_replica_of(&pod.server, &pods[0].server).await;
+    }
     kube.create_pair(PAIR, spec_for(&pods)).await;
     let mut started = Vec::new();
     for identity in controllers {
         started.push(Controller::start(&kube, identity).await);
     }
-    // Both start as empty masters; the controller keeps one (address order) and repoints the
-    // others.
     let epoch = await_published(&kube, PAIR, &pods[0].endpoint(), 0).await;
     for pod in &pods[1..] {
         await_replica_of(&pod.server, &pods[0].server).await;
