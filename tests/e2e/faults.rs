@@ -33,7 +33,7 @@ fn kill_9_of_the_master_redis_loses_no_acknowledged_write() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
 
     let after = example.await_published("a new master published", |p| {
-        p.epoch > before.epoch && p.active != before.active
+        p.epoch > before.epoch && p.active != before.active && p.master_pod != before.master_pod
     });
     let published_in = killed.elapsed();
     writer.await_more(100, SETTLE);
@@ -53,7 +53,10 @@ fn a_switchover_by_annotation_loses_no_acknowledged_write() {
     example.kubectl(&["annotate", "redispair", PAIR, "redispair.io/switchover=any"]);
 
     let after = example.await_published("the switchover done", |p| {
-        p.epoch > before.epoch && p.active != before.active && !p.switchover_pending
+        p.epoch > before.epoch
+            && p.active != before.active
+            && p.master_pod != before.master_pod
+            && !p.switchover_pending
     });
     let done_in = asked.elapsed();
     let report = settle_and_check(&example, writer, "switchover");
