@@ -6,8 +6,13 @@ use crate::support::pair::{Example, PAIR, Published, SETTLE};
 use crate::support::writer::{Report, Writer};
 
 /// The example installed and Healthy, and a writer going through its demo app's sidecar.
-fn writing(test: &str) -> (Example, Published, Writer) {
-    let example = Example::install(test);
+pub fn writing(test: &str) -> (Example, Published, Writer) {
+    writing_with(test, &[])
+}
+
+/// `writing` with more helm arguments for the install.
+pub fn writing_with(test: &str, helm: &[&str]) -> (Example, Published, Writer) {
+    let example = Example::install_with(test, helm);
     let before = example.await_published("the example pair Healthy", |_| true);
     let writer = Writer::start(&example.app_netns(), &example.password(), test);
     writer.await_more(500, SETTLE);
@@ -16,7 +21,7 @@ fn writing(test: &str) -> (Example, Published, Writer) {
 
 /// Once the fault is over: the pair is Healthy with its replica in sync again, writes go on,
 /// and none that was acknowledged is lost.
-fn settle_and_check(example: &Example, writer: Writer, scenario: &str) -> Report {
+pub fn settle_and_check(example: &Example, writer: Writer, scenario: &str) -> Report {
     example.await_published("the pair Healthy again", |_| true);
     writer.await_more(500, SETTLE);
     let report = writer.stop();
@@ -38,11 +43,15 @@ fn kill_9_of_the_master_redis_loses_no_acknowledged_write() {
     let published_in = killed.elapsed();
     writer.await_more(100, SETTLE);
     let report = settle_and_check(&example, writer, "kill -9 of the master");
-    let resumed = report.first_ack_after(killed).map(|t| t - killed);
+    // The writer's longest pause is the failover as a client sees it; kubectl's polling only
+    // bounds when the publication was made.
     eprintln!(
         "kill -9 of the master: {} → {} (epoch {}), seen published within {published_in:?}, \
-         first acknowledged write {resumed:?} after the kill",
-        before.master_pod, after.master_pod, after.epoch
+         longest write pause {:?}",
+        before.master_pod,
+        after.master_pod,
+        after.epoch,
+        report.longest_pause()
     );
 }
 

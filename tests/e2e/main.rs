@@ -11,3 +11,4 @@ mod support;
 
 mod faults;
 mod install;
+mod lifecycle;

@@ -41,25 +41,33 @@ impl Example {
     /// `helm install` with the examples enabled, in a new namespace; returns once helm's
     /// `--wait` is satisfied (every pod Ready).
     pub fn install(test: &str) -> Example {
-        let ns = cluster().namespace(test);
-        helm(
-            ns.cluster,
-            &[
-                "install",
-                RELEASE,
-                "charts/redis-pair",
-                "--namespace",
-                &ns.name,
-                "--set",
-                "examples.enabled=true",
-                "--set",
-                &format!("watchNamespaces={{{}}}", ns.name),
-                "--wait",
-                "--timeout",
-                "180s",
-            ],
-        );
-        Example { ns }
+        Example::install_with(test, &[])
+    }
+
+    /// `install` with more helm arguments (`--set ...`).
+    pub fn install_with(test: &str, more: &[&str]) -> Example {
+        let example = Example {
+            ns: cluster().namespace(test),
+        };
+        example.helm("install", more);
+        example
+    }
+
+    /// `helm install` or `helm upgrade` of the release with the example, managing this
+    /// namespace only, `more` added; returns once every pod is Ready (`--wait`).
+    pub fn helm(&self, command: &str, more: &[&str]) {
+        let only_here = format!("watchNamespaces={{{}}}", self.ns.name);
+        let mut args = vec![
+            command,
+            RELEASE,
+            "charts/redis-pair",
+            "--namespace",
+            &self.ns.name,
+        ];
+        args.extend(["--set", "examples.enabled=true", "--set", &only_here]);
+        args.extend(["--wait", "--timeout", "180s"]);
+        args.extend(more);
+        helm(self.ns.cluster, &args);
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {

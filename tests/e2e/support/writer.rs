@@ -146,11 +146,6 @@ impl Report {
             .unwrap_or_default()
     }
 
-    /// The first acknowledged write at or after `at`.
-    pub fn first_ack_after(&self, at: Instant) -> Option<Instant> {
-        self.acked.iter().map(|&(t, _)| t).find(|&t| t >= at)
-    }
-
     /// Panics if an acknowledged write was lost, and says how many there were.
     pub fn assert_none_lost(&self, scenario: &str) {
         assert!(
