@@ -27,6 +27,9 @@ pub const MASTER_RUN_ID_ANNOTATION: &str = "redispair.io/master-run-id";
 /// The published master's replication ID (`master_replid`) when it was published (empty: not
 /// known): the history a server must hold to take over without losing the data.
 pub const MASTER_REPLID_ANNOTATION: &str = "redispair.io/master-replid";
+/// The history the published master's continues (`master_replid2` of a promoted master;
+/// empty: none or not known).
+pub const MASTER_REPLID2_ANNOTATION: &str = "redispair.io/master-replid2";
 /// Set by a person (`kubectl annotate rpair NAME redispair.io/switchover=POD` or `=any`) to ask
 /// for a planned switchover; the controller removes it when it is done.
 pub const SWITCHOVER_ANNOTATION: &str = "redispair.io/switchover";
@@ -361,6 +364,7 @@ pub fn published(pair: &RedisPair) -> Result<Option<Published>, AnnotationError>
         master,
         run_id: identity(MASTER_RUN_ID_ANNOTATION),
         replid: identity(MASTER_REPLID_ANNOTATION),
+        replid2: identity(MASTER_REPLID2_ANNOTATION),
     }))
 }
 
@@ -426,6 +430,7 @@ mod tests {
                 master: Some(Endpoint::new("10.0.0.5", 6379)),
                 run_id: None,
                 replid: None,
+                replid2: None,
             }))
         );
         let known = pair(&[

@@ -23,8 +23,8 @@ use super::events::{self, EventSink};
 use super::lease::Leadership;
 use super::view::PairView;
 use crate::crd::{
-    self, ACTIVE_ANNOTATION, EPOCH_ANNOTATION, MASTER_REPLID_ANNOTATION, MASTER_RUN_ID_ANNOTATION,
-    ROLE_LABEL, RedisPair,
+    self, ACTIVE_ANNOTATION, EPOCH_ANNOTATION, MASTER_REPLID_ANNOTATION, MASTER_REPLID2_ANNOTATION,
+    MASTER_RUN_ID_ANNOTATION, ROLE_LABEL, RedisPair,
 };
 use crate::engine::{Endpoint, EngineEvent, PublishError, Published, Publisher, Reason};
 use crate::metrics::{ApiWrite, ControllerMetrics};
@@ -65,7 +65,7 @@ impl KubePublisher {
 
 /// The operations that write `next`: master, epoch and the master's identity. An identity
 /// not known is written empty, so an older one never stays beside a newer master.
-fn publication_ops(next: &Published) -> [serde_json::Value; 4] {
+fn publication_ops(next: &Published) -> [serde_json::Value; 5] {
     let active = next
         .master
         .as_ref()
@@ -81,6 +81,10 @@ fn publication_ops(next: &Published) -> [serde_json::Value; 4] {
         add(
             MASTER_REPLID_ANNOTATION,
             next.replid.clone().unwrap_or_default(),
+        ),
+        add(
+            MASTER_REPLID2_ANNOTATION,
+            next.replid2.clone().unwrap_or_default(),
         ),
     ]
 }
@@ -235,6 +239,7 @@ mod tests {
             master: Some(master.clone()),
             run_id: None,
             replid: None,
+            replid2: None,
         };
         set_leader(true);
         publisher
@@ -269,6 +274,7 @@ mod tests {
             master: Some(Endpoint::new("10.0.0.2", 6379)),
             run_id: Some("abc".into()),
             replid: None,
+            replid2: None,
         };
         let ops = publication_ops(&next);
         let value_of = |key: &str| {

@@ -143,6 +143,7 @@ pub fn judge_foreign(servers: &[ServerState], own: &Published, seen: &Published)
             run_id: if ours { own.run_id.clone() } else { None },
             // The data to keep is still the engine's, whichever master is named.
             replid: own.replid.clone(),
+            replid2: own.replid2.clone(),
         })
     };
     let ours = own.master.as_ref().filter(|m| answers_as_master(m));
@@ -310,11 +311,14 @@ impl<'a> View<'a> {
                         self.make_master(chosen, chosen_info, Reason::MasterRestarted)
                     }
                     Takeover::Wait(waiting) => Plan::waiting(waiting),
-                    // The data is gone from every member (all answer, none holds it): the
-                    // restarted process is all there is, republished as a new incarnation.
-                    Takeover::Nobody(_) if self.history_is_gone() => {
-                        self.make_master(master, info, Reason::MasterRestarted)
-                    }
+                    // The data is gone from every member (all answer, none holds it): what is
+                    // left is all there is; the restarted process unless another holds more.
+                    Takeover::Nobody(_) if self.history_is_gone() => match self.most_data_left() {
+                        Some((chosen, chosen_info)) if chosen_info.keys > info.keys => {
+                            self.make_master(chosen, chosen_info, Reason::MasterRestarted)
+                        }
+                        _ => self.make_master(master, info, Reason::MasterRestarted),
+                    },
                     Takeover::Nobody(unfit) => Plan {
                         // Its replicas must not resync from it while a server that may hold
                         // the data is away: nobody is routed to it, nobody repointed.
@@ -356,11 +360,27 @@ impl<'a> View<'a> {
         } else {
             (None, None)
         };
+        // The same process reports another history than the one published (its first replica
+        // made it start a new one): that is what its replicas carry now; publish it.
+        let renamed = info.role == Role::Master
+            && !history_is_provisional(info)
+            && self.published.run_id.as_deref() == Some(info.run_id.as_str())
+            && self.published.replid.as_deref() != Some(info.replid.as_str());
+        let refresh = renamed.then(|| {
+            (
+                Published {
+                    replid: Some(info.replid.clone()),
+                    replid2: info.replid2.clone(),
+                    ..self.published.clone()
+                },
+                Reason::Refreshed,
+            )
+        });
         Plan {
             // Someone demoted our master behind our back: it stays the authority.
             promote: (info.role == Role::Replica).then(|| master.clone()),
             fence: self.fence(master, info),
-            publish: None,
+            publish: refresh,
             replicate: self.replicas_to_repoint(master),
             switch_over,
             waiting,
@@ -395,7 +415,13 @@ impl<'a> View<'a> {
                 Takeover::Nobody(unfit) if !self.history_is_gone() => {
                     return Plan::waiting(Waiting::NoCandidate { unfit });
                 }
-                Takeover::Nobody(_) => {}
+                // Gone from every member: what is left with the most data.
+                Takeover::Nobody(unfit) => {
+                    return match self.most_data_left() {
+                        Some((chosen, info)) => self.make_master(chosen, info, reason),
+                        None => Plan::waiting(Waiting::NoCandidate { unfit }),
+                    };
+                }
             }
         }
         let existing_master = self
@@ -491,7 +517,7 @@ impl<'a> View<'a> {
         let restarted_behind = server
             .furthest
             .as_ref()
-            .is_some_and(|(run_id, offset)| *run_id != info.run_id && info.offset < *offset);
+            .is_some_and(|mark| mark.rewound_by(info));
         let masters_last_word =
             !self.published_master_up() && info.offset < self.masters_word(&server.endpoint);
         if restarted_behind || masters_last_word {
@@ -532,19 +558,38 @@ impl<'a> View<'a> {
 
     /// Rule 3: `info` holds data of the published master's replication history.
     fn holds_history(&self, info: &RedisInfo) -> bool {
-        let Some(replid) = self.published.replid.as_deref() else {
-            // Published by an older version: only a synced replica of the published master.
-            return info.role == Role::Replica
-                && info.synced
-                && info.master.is_some()
-                && info.master == self.published.master;
-        };
-        let mut history = vec![replid];
-        // The published master's current history, when it is the same process: what its
-        // replicas carry once they synced from it.
-        if let Some(master) = self.published_master_seen() {
+        // The published history, the one it continues (a server still on that one holds the
+        // data up to the promotion), and the published master's current one when it is the
+        // same process (what its replicas carry once they synced from it).
+        let mut history: Vec<&str> = Vec::new();
+        history.extend(self.published.replid.as_deref());
+        history.extend(self.published.replid2.as_deref());
+        if let Some(master) = self.published_master_seen()
+            && !history_is_provisional(master)
+        {
             history.push(&master.replid);
             history.extend(master.replid2.as_deref());
+        }
+        if history.is_empty() {
+            // Not known (an older version's publication, or a master that had no replica
+            // yet): what the synced replicas of the published master carry is its history.
+            let of_master = |i: &RedisInfo| {
+                i.role == Role::Replica
+                    && i.synced
+                    && i.master.is_some()
+                    && i.master == self.published.master
+            };
+            if of_master(info) {
+                return true;
+            }
+            history.extend(
+                self.up()
+                    .filter(|(_, i)| of_master(i))
+                    .map(|(_, i)| i.replid.as_str()),
+            );
+            if history.is_empty() {
+                return false;
+            }
         }
         match info.role {
             Role::Replica => {
@@ -607,6 +652,21 @@ impl<'a> View<'a> {
             .then(b.0.cmp(a.0))
     }
 
+    /// When the published data is gone from the group: the server with the most data left
+    /// (keys, then offset), master or replica, that may become master. Existing masters are
+    /// not preferred here: a replica may hold an older part of the lost history, the best
+    /// that is left.
+    fn most_data_left(&self) -> Option<(&'a Endpoint, &'a RedisInfo)> {
+        self.up()
+            .filter(|(endpoint, info)| {
+                !self.is_leaving(endpoint)
+                    && info.priority > 0
+                    && !info.sync_in_progress
+                    && (info.role == Role::Master || info.synced)
+            })
+            .max_by(more_data)
+    }
+
     /// The published data is gone from the whole group: every member answers and none holds
     /// it (not even one that may not be promoted). Only then may other data be made the
     /// master's: while a holder exists or a member is away, the pair waits.
@@ -638,6 +698,7 @@ impl<'a> View<'a> {
             master: None,
             run_id: self.published.run_id.clone(),
             replid: self.published.replid.clone(),
+            replid2: self.published.replid2.clone(),
         }
     }
 
@@ -653,7 +714,8 @@ impl<'a> View<'a> {
                     epoch: self.published.epoch + 1,
                     master: Some(chosen.clone()),
                     run_id: Some(info.run_id.clone()),
-                    replid: Some(info.replid.clone()),
+                    replid: (!history_is_provisional(info)).then(|| info.replid.clone()),
+                    replid2: info.replid2.clone(),
                 },
                 reason,
             )),
@@ -716,6 +778,14 @@ fn has_replica_in_sync(master: &RedisInfo, max_lag_secs: u32) -> bool {
             .replicas
             .iter()
             .any(|r| r.online && r.lag_secs <= u64::from(max_lag_secs))
+}
+
+/// A master that never had a replica has no replication backlog, and Redis gives it a new
+/// `master_replid` (dropping the old one) when its first replica attaches: its history is
+/// not yet the name its replicas will carry, so it is published as not known (the stricter
+/// rule applies) until it is refreshed.
+pub fn history_is_provisional(info: &RedisInfo) -> bool {
+    info.role == Role::Master && info.offset == 0 && info.replicas.is_empty()
 }
 
 /// A replica may be promoted when it is allowed to (priority > 0) and holds data it got from

@@ -138,6 +138,31 @@ pub struct RedisInfo {
     pub replicas: Vec<ReplicaLink>,
 }
 
+/// See [`ServerState::furthest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Furthest {
+    pub run_id: String,
+    pub replid: String,
+    pub offset: u64,
+}
+
+impl Furthest {
+    pub fn of(info: &RedisInfo) -> Self {
+        Self {
+            run_id: info.run_id.clone(),
+            replid: info.replid.clone(),
+            offset: info.offset,
+        }
+    }
+
+    /// `info` comes from another process of this history and holds less of it.
+    pub fn rewound_by(&self, info: &RedisInfo) -> bool {
+        let same_history =
+            info.replid == self.replid || info.replid2.as_deref() == Some(self.replid.as_str());
+        info.run_id != self.run_id && same_history && info.offset < self.offset
+    }
+}
+
 /// One replica as its master sees it (`slaveN:ip=..,port=..,state=online,offset=..,lag=..`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaLink {
@@ -216,10 +241,11 @@ pub struct ServerState {
     /// kept while it fails: a hung master's last view of its replicas, and how far a stalled
     /// replica had got, are what keep the decision from promoting one that is behind.
     pub last_seen: Option<RedisInfo>,
-    /// The furthest replication offset this address was seen at, and the process (run_id)
-    /// that held it. A different process later reporting less restarted from an older
-    /// snapshot: it lost data, and must not take over (`Unfit::Rewound`).
-    pub furthest: Option<(String, u64)>,
+    /// The furthest this address was seen in a replication history: which process, which
+    /// history, what offset. A different process of the same history later reporting less
+    /// restarted from an older snapshot: it lost data, and must not take over
+    /// (`Unfit::Rewound`). A process of another history is not compared with it.
+    pub furthest: Option<Furthest>,
 }
 
 impl ServerState {
@@ -252,6 +278,10 @@ pub struct Published {
     /// published data only if its history is this one (`None`: not known, as with a
     /// publication written by an older redis-pair; the decision is then stricter).
     pub replid: Option<String>,
+    /// The history `replid` continues (`master_replid2` of a promoted master): a server
+    /// still on it holds the published data up to the promotion, which is all that is left
+    /// if the promoted master loses its data before anyone synced from it.
+    pub replid2: Option<String>,
 }
 
 /// Why the published master changed.
@@ -276,6 +306,11 @@ pub enum Reason {
     /// Someone else published something that is not the master (a replica, a server that is
     /// down, none while a master is up): the engine's master is published again, above it.
     Corrected,
+    /// The same master under the same epoch, with the replication history it reports now:
+    /// Redis starts a new `master_replid` when a master's first replica creates its backlog,
+    /// so the history published with a fresh master is renamed moments later. Not a change of
+    /// master: no new epoch, not counted, no Event.
+    Refreshed,
 }
 
 impl Reason {
@@ -300,6 +335,7 @@ impl Reason {
             Reason::Recovered => "recovered",
             Reason::MasterLeaving => "master-leaving",
             Reason::Corrected => "corrected",
+            Reason::Refreshed => "refreshed",
         }
     }
 }

@@ -166,6 +166,42 @@ impl Connector {
         known: &(dyn Fn(&str, u16) -> Option<Endpoint> + Sync),
         read_fence: bool,
     ) -> Result<Observation, RedisCallError> {
+        match self.observe(endpoint, known, read_fence).await {
+            // A server at maxclients writes its error and closes at once; a client that sent
+            // AUTH first sees only the broken pipe. Ask the server's greeting.
+            Err(error) if error.kind == FailureKind::Refused && self.says_full(endpoint).await => {
+                Err(RedisCallError {
+                    kind: FailureKind::MaxClients,
+                    detail: format!("max number of clients reached ({})", error.detail),
+                })
+            }
+            result => result,
+        }
+    }
+
+    /// Whether the server greets a new connection with "max number of clients reached"
+    /// (Redis sends it unasked and closes). Only asked after a probe lost its connection.
+    async fn says_full(&self, endpoint: &Endpoint) -> bool {
+        use tokio::io::AsyncReadExt;
+        let greeting = async {
+            let mut stream =
+                tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf[..n].starts_with(b"-ERR max number of clients"))
+        };
+        matches!(
+            tokio::time::timeout(self.deadline.min(Duration::from_millis(300)), greeting).await,
+            Ok(Ok(true))
+        )
+    }
+
+    async fn observe(
+        &self,
+        endpoint: &Endpoint,
+        known: &(dyn Fn(&str, u16) -> Option<Endpoint> + Sync),
+        read_fence: bool,
+    ) -> Result<Observation, RedisCallError> {
         let check_masterauth = self.credentials.password.is_some();
         let (text, fence, masterauth) = self
             .with_connection(endpoint, async |conn| {

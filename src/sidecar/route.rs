@@ -265,6 +265,7 @@ impl Route {
             master: self.routed.clone(),
             run_id: None,
             replid: None,
+            replid2: None,
         }
     }
 

@@ -62,6 +62,7 @@ fn published_of(engine: &Status) -> Published {
         master: engine.master.clone(),
         run_id: Some("published-run".into()),
         replid: Some("published-replid".into()),
+        replid2: None,
     }
 }
 

@@ -173,7 +173,11 @@ impl Server {
     }
     /// The furthest offset an earlier process at this address was seen at.
     fn held(mut self, (run_id, offset): (&str, u64)) -> Self {
-        self.0.furthest = Some((run_id.to_owned(), offset));
+        self.0.furthest = Some(crate::engine::model::Furthest {
+            run_id: run_id.to_owned(),
+            replid: HISTORY.to_owned(),
+            offset,
+        });
         self
     }
     /// What a failed server said when it last answered.
@@ -230,6 +234,7 @@ fn published(epoch: u64, master: Option<u16>) -> Published {
         master: master.map(ep),
         run_id: master.map(|port| format!("run-{port}")),
         replid: Some(HISTORY.into()),
+        replid2: None,
     }
 }
 
@@ -840,7 +845,7 @@ proptest! {
         (servers, own, _policy) in arb_world(),
         (epoch, named) in (0u64..8, proptest::option::of(proptest::sample::select(PORTS.collect::<Vec<_>>()))),
     ) {
-        let seen = Published { epoch, master: named.map(ep), run_id: None, replid: None };
+        let seen = Published { epoch, master: named.map(ep), run_id: None, replid: None, replid2: None };
         match judge_foreign(&servers, &own, &seen) {
             Foreign::Ignore => prop_assert!(
                 seen.epoch < own.epoch || (seen.epoch == own.epoch && seen.master == own.master)
@@ -971,6 +976,7 @@ fn arb_world() -> impl Strategy<Value = (Vec<ServerState>, Published, Policy)> {
                     run_id: master.filter(|_| run < 3).map(|_| format!("run-{run}")),
                     // 0: published by an older version, the history not known.
                     replid: (run > 0 && epoch > 0).then(|| HISTORY.to_owned()),
+                    replid2: None,
                 });
             (
                 Just(ports),
@@ -1136,6 +1142,15 @@ fn publication_names_one_answering_master(
     _policy: &Policy,
     plan: &Plan,
 ) -> Result<(), TestCaseError> {
+    if let Some((next, Reason::Refreshed)) = &plan.publish {
+        // The same master and epoch, renaming the history to what that master reports.
+        prop_assert_eq!(next.epoch, published.epoch);
+        prop_assert_eq!(&next.master, &published.master);
+        prop_assert_eq!(&next.run_id, &published.run_id);
+        let master = published.master.as_ref().and_then(|m| info_of(servers, m));
+        prop_assert_eq!(next.replid.as_deref(), master.map(|i| i.replid.as_str()));
+        return Ok(());
+    }
     if let Some((next, _)) = &plan.publish {
         prop_assert_eq!(next.epoch, published.epoch + 1);
         match &next.master {
@@ -1288,41 +1303,53 @@ fn promotion_is_the_most_caught_up_candidate(
 /// Rule 3 stated independently: of the published history (its replid, or promoted from it),
 /// or, with the history not known, a synced replica of the published master.
 fn holds_published_data(servers: &[ServerState], published: &Published, info: &RedisInfo) -> bool {
-    match &published.replid {
-        Some(history) => {
-            // The published master's own history counts too when it is the published process
-            // (after its promotion its replicas carry its new replid).
-            let mut ids = vec![history.clone()];
-            if let Some(seen) = published
-                .master
-                .as_ref()
-                .and_then(|m| servers.iter().find(|s| &s.endpoint == m))
-                .and_then(|s| s.last_seen.as_ref())
-                .filter(|seen| {
-                    seen.role == Role::Master
-                        && published.run_id.as_deref() == Some(seen.run_id.as_str())
-                })
-            {
-                ids.push(seen.replid.clone());
-                ids.extend(seen.replid2.clone());
-            }
-            let of_history = ids.contains(&info.replid)
-                || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
-            match info.role {
-                Role::Replica => info.synced && of_history,
-                Role::Master => {
-                    of_history || published.run_id.as_deref() == Some(info.run_id.as_str())
-                }
-            }
+    // The published history and the one it continues, and the published master's own when it
+    // is the published process and has had a replica (after its promotion, or its first
+    // replica, its replicas carry its current replid).
+    let mut ids: Vec<String> = published
+        .replid
+        .iter()
+        .chain(&published.replid2)
+        .cloned()
+        .collect();
+    if let Some(seen) = published
+        .master
+        .as_ref()
+        .and_then(|m| servers.iter().find(|s| &s.endpoint == m))
+        .and_then(|s| s.last_seen.as_ref())
+        .filter(|seen| {
+            seen.role == Role::Master
+                && published.run_id.as_deref() == Some(seen.run_id.as_str())
+                && !(seen.offset == 0 && seen.replicas.is_empty())
+        })
+    {
+        ids.push(seen.replid.clone());
+        ids.extend(seen.replid2.clone());
+    }
+    let of_master = |i: &RedisInfo| {
+        i.role == Role::Replica && i.synced && i.master.is_some() && i.master == published.master
+    };
+    if ids.is_empty() {
+        // Nothing known to compare with at start-up: any data is the data; else what the
+        // synced replicas of the published master carry.
+        if published.master.is_none() || of_master(info) {
+            return true;
         }
-        // Nothing known to compare with (start-up): any data is the data.
-        None if published.master.is_none() => true,
-        None => {
-            info.role == Role::Replica
-                && info.synced
-                && info.master.is_some()
-                && info.master == published.master
+        ids = servers
+            .iter()
+            .filter_map(ServerState::info)
+            .filter(|i| of_master(i))
+            .map(|i| i.replid.clone())
+            .collect();
+        if ids.is_empty() {
+            return false;
         }
+    }
+    let of_history =
+        ids.contains(&info.replid) || info.replid2.as_ref().is_some_and(|r| ids.contains(r));
+    match info.role {
+        Role::Replica => info.synced && of_history,
+        Role::Master => of_history || published.run_id.as_deref() == Some(info.run_id.as_str()),
     }
 }
 
@@ -1373,7 +1400,14 @@ fn healthy_published_master_is_kept(
         return Ok(());
     };
     if info.role == Role::Master && published.run_id.as_deref() == Some(info.run_id.as_str()) {
-        prop_assert_eq!(&plan.publish, &None);
+        let refreshed_only = plan.publish.as_ref().is_none_or(|(next, reason)| {
+            *reason == Reason::Refreshed && next.master == published.master
+        });
+        prop_assert!(
+            refreshed_only,
+            "replaced a healthy master: {:?}",
+            plan.publish
+        );
         prop_assert_eq!(&plan.promote, &None);
     }
     Ok(())
@@ -1446,7 +1480,11 @@ fn leaving_master_is_handed_over_to_the_best_replica_in_sync(
             for other in &candidates {
                 prop_assert!(more_caught_up(chosen, other) != Ordering::Less);
             }
-            prop_assert!(plan.publish.is_none() && plan.promote.is_none());
+            let refresh_only = plan
+                .publish
+                .as_ref()
+                .is_none_or(|(_, reason)| *reason == Reason::Refreshed);
+            prop_assert!(refresh_only && plan.promote.is_none());
         }
         (Some(target), None) => {
             prop_assert!(
@@ -1621,6 +1659,7 @@ fn every_publication(ports: &[u16]) -> Vec<Published> {
             master: None,
             run_id: None,
             replid: Some(HISTORY.into()),
+            replid2: None,
         },
     ];
     for port in ports {
@@ -1630,6 +1669,7 @@ fn every_publication(ports: &[u16]) -> Vec<Published> {
                 master: Some(ep(*port)),
                 run_id: Some(run_id),
                 replid: Some(HISTORY.into()),
+                replid2: None,
             });
         }
     }
@@ -2045,4 +2085,18 @@ fn a_server_restarted_from_an_older_snapshot_of_the_history_is_not_promoted() {
     );
     assert_eq!(plan.promote, None);
     assert_eq!(publishes(&plan), Some((None, 5, Reason::NoMasterReachable)));
+}
+
+#[test]
+fn a_master_whose_first_replica_renamed_its_history_is_republished_under_the_same_epoch() {
+    // Redis starts a new replid when a master's first replica creates its backlog.
+    let mut fresh = published(1, Some(1));
+    fresh.replid = Some("before-the-first-replica".into());
+    let plan = decide_at(&[master(1), replica(2, 1)], &fresh, 0.0);
+    let (next, reason) = plan.publish.expect("the renamed history is published");
+    assert_eq!(reason, Reason::Refreshed);
+    assert_eq!((next.epoch, next.master), (1, Some(ep(1))));
+    assert_eq!(next.replid.as_deref(), Some(HISTORY));
+    // And nothing once it is what the master reports.
+    assert!(decide_at(&[master(1), replica(2, 1)], &published(1, Some(1)), 0.0).is_noop());
 }

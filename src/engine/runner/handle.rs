@@ -54,6 +54,11 @@ pub enum SwitchoverError {
     UnknownTarget(Endpoint),
     #[error("{0} is already the master")]
     AlreadyMaster(Endpoint),
+    #[error(
+        "{0} changed (restarted or resynced) while the switchover was under way; it was \
+         aborted before anything was promoted, the master unpaused and it stays master"
+    )]
+    TargetChanged(Endpoint),
     #[error("the engine is paused (spec.paused); unpause it to switch over")]
     Paused,
     #[error("this controller does not hold the lease; the leader acts")]
@@ -100,6 +105,7 @@ impl SwitchoverError {
                 | SwitchoverError::Publish(_)
                 | SwitchoverError::PublishUnknown(_)
                 | SwitchoverError::PauseTooShort
+                | SwitchoverError::TargetChanged(_)
         )
     }
 
@@ -113,7 +119,8 @@ impl SwitchoverError {
             | SwitchoverError::PublicationUnknown => 503,
             SwitchoverError::Publish(_)
             | SwitchoverError::PublishUnknown(_)
-            | SwitchoverError::PauseTooShort => 502,
+            | SwitchoverError::PauseTooShort
+            | SwitchoverError::TargetChanged(_) => 502,
             _ => 409,
         }
     }

@@ -44,7 +44,7 @@ use watch::Watchers;
 
 use super::decide::{Fencing, Foreign, Publication, decide, is_down, judge_foreign};
 use super::model::{
-    Endpoint, FailureKind, MinReplicas, Plan, Probe, Published, Reason, RedisInfo, Role,
+    Endpoint, FailureKind, Furthest, MinReplicas, Plan, Probe, Published, Reason, RedisInfo, Role,
     ServerState, Waiting,
 };
 use super::ops::RedisOps;
@@ -62,7 +62,7 @@ struct Tracked {
     /// The last answer, kept while the server fails (see `ServerState::last_seen`).
     last_seen: Option<RedisInfo>,
     /// See `ServerState::furthest`.
-    furthest: Option<(String, u64)>,
+    furthest: Option<Furthest>,
     error: Option<String>,
     warnings: Vec<String>,
 }
@@ -319,11 +319,12 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                     let info = &observation.info;
                     // The same process moves freely (a full resync may take it back); a new
                     // one replaces the mark only once it has caught up with it.
-                    let keep = tracked.furthest.as_ref().is_some_and(|(run_id, offset)| {
-                        *run_id != info.run_id && info.offset < *offset
-                    });
+                    let keep = tracked
+                        .furthest
+                        .as_ref()
+                        .is_some_and(|mark| mark.rewound_by(info));
                     if !keep {
-                        tracked.furthest = Some((info.run_id.clone(), info.offset));
+                        tracked.furthest = Some(Furthest::of(info));
                     }
                     tracked.probe = Probe::Up(observation.info);
                     tracked.last_answer = Some(now);
@@ -436,6 +437,14 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             "the published master reports role replica",
             |(_, reason)| reason.as_str(),
         );
+        // The retraction may have taken seconds: the server chosen must still be the process,
+        // in the history and out of any sync, that the decision saw.
+        let chosen = plan.promote.clone().or(new_master.flatten().cloned());
+        if let Some(chosen) = &chosen
+            && !self.still_as_decided(chosen).await
+        {
+            return;
+        }
         let mut publish = plan.publish;
         if let Some(server) = &plan.promote {
             // Checked right before the command: the retraction may have taken its deadline.
@@ -457,11 +466,11 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             if let Some((next, _)) = publish
                 .as_mut()
                 .filter(|(n, _)| n.master.as_ref() == Some(server))
+                && let Some((replid, replid2)) = self.history_after_promotion(server).await
             {
-                next.replid = self
-                    .history_after_promotion(server)
-                    .await
-                    .or(next.replid.take());
+                // Promotion started a new history; the one it continues is its replid2.
+                next.replid = Some(replid);
+                next.replid2 = replid2;
             }
         }
         if let Some((server, fence)) = plan.fence
@@ -476,6 +485,18 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
         {
             // Nothing is repointed at a master that is not published.
             return;
+        }
+        // The publication may have taken seconds: nothing is repointed at a master that
+        // restarted meanwhile (its replicas would resync to whatever it holds now).
+        if let Some(chosen) = &chosen {
+            if !self.same_process(chosen).await {
+                return;
+            }
+            // A switchover abandoned after its publication leaves the old master paused
+            // until it is published again: now.
+            if self.publisher.may_act() {
+                self.unpause(chosen).await;
+            }
         }
         for (server, master) in &plan.replicate {
             if !self.publisher.may_act() {
@@ -513,14 +534,74 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
         }
     }
 
-    /// A promotion starts a new replication history: the one published is what the promoted
-    /// server reports now (its replicas will carry it). `None` if it cannot be read.
-    async fn history_after_promotion(&self, server: &Endpoint) -> Option<String> {
+    /// Whether `server` is still what the round's decision saw: the same process, the same
+    /// history and role, not in a full sync. A restart or a resync between the decision and
+    /// the command would otherwise promote or publish data nobody decided on.
+    async fn still_as_decided(&self, server: &Endpoint) -> bool {
+        let Some(decided) = self
+            .servers
+            .iter()
+            .find(|t| &t.member.endpoint == server)
+            .and_then(Tracked::probe_info)
+        else {
+            return false;
+        };
         let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
         let known = |host: &str, port: u16| known_member(&members, host, port);
         match self.redis.probe(server, &known, false).await {
-            Ok(observation) if observation.info.role == Role::Master => {
-                Some(observation.info.replid)
+            Ok(now)
+                if now.info.run_id == decided.run_id
+                    && now.info.replid == decided.replid
+                    && now.info.role == decided.role
+                    && !now.info.sync_in_progress =>
+            {
+                true
+            }
+            Ok(_) => {
+                warn!(server = %server, "changed since the decision (restarted or resynced); deciding again");
+                false
+            }
+            Err(error) => {
+                warn!(server = %server, error = %error, "cannot confirm the server chosen; deciding again");
+                false
+            }
+        }
+    }
+
+    /// Whether `server` still runs the process the round's decision saw (same run_id).
+    async fn same_process(&self, server: &Endpoint) -> bool {
+        let decided = self
+            .servers
+            .iter()
+            .find(|t| &t.member.endpoint == server)
+            .and_then(Tracked::probe_info)
+            .map(|info| info.run_id.clone());
+        let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
+        let known = |host: &str, port: u16| known_member(&members, host, port);
+        match self.redis.probe(server, &known, false).await {
+            Ok(now) if Some(&now.info.run_id) == decided.as_ref() => true,
+            Ok(_) => {
+                warn!(server = %server, "restarted since the decision; not repointing anything at it");
+                false
+            }
+            Err(error) => {
+                warn!(server = %server, error = %error, "cannot confirm the new master; repointing next round");
+                false
+            }
+        }
+    }
+
+    /// A promotion starts a new replication history: the one published is what the promoted
+    /// server reports now (its replicas will carry it). `None` if it cannot be read.
+    async fn history_after_promotion(&self, server: &Endpoint) -> Option<(String, Option<String>)> {
+        let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
+        let known = |host: &str, port: u16| known_member(&members, host, port);
+        match self.redis.probe(server, &known, false).await {
+            Ok(observation)
+                if observation.info.role == Role::Master
+                    && !super::decide::history_is_provisional(&observation.info) =>
+            {
+                Some((observation.info.replid, observation.info.replid2))
             }
             Ok(_) => None,
             Err(error) => {
@@ -616,6 +697,11 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             return Err(PublishError::Failed("this engine may not act now".into()));
         }
         match self.publisher.publish(&current, &next, reason).await {
+            Ok(()) if reason == Reason::Refreshed => {
+                debug!(replid = ?next.replid, "published the master's renamed history");
+                self.published.send_replace(next);
+                Ok(())
+            }
             Ok(()) => {
                 self.published_as(current.master, next, reason);
                 Ok(())

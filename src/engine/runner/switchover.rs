@@ -154,10 +154,15 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             ));
         }
         // The lease is checked right before the promotion: the retraction may have taken
-        // its whole deadline.
+        // its whole deadline. So may the target have changed (restarted, resynced) since it
+        // caught up.
         if !self.publisher.may_act() {
             self.unpause(master).await;
             return Err(SwitchoverError::NotLeader);
+        }
+        if !self.still_as_decided(target).await {
+            self.unpause(master).await;
+            return Err(SwitchoverError::TargetChanged(target.clone()));
         }
         let promoted = self.redis.promote(target).await;
         self.count(Command::Promote, &promoted);
@@ -167,11 +172,17 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             self.unpause(master).await;
             return Err(error.into());
         }
+        let (replid, replid2) = match self.history_after_promotion(target).await {
+            Some((replid, replid2)) => (Some(replid), replid2),
+            // Not readable now: the history it was promoted from, which it continues.
+            None => (published.replid.clone(), None),
+        };
         let next = Published {
             epoch: published.epoch + 1,
             master: Some(target.clone()),
             run_id: self.run_id_of(target),
-            replid: self.history_after_promotion(target).await,
+            replid,
+            replid2,
         };
         let fence = self
             .servers
@@ -209,6 +220,14 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                     Err(undo) => format!("{error}; demoting {target} again failed: {undo}"),
                 }));
             }
+        }
+        // The old master holds the data until the target is known to still hold it too: a
+        // target that restarted while it was being published must not be synced from.
+        if !self.same_process(target).await {
+            // It stays paused: the target is published, so it must not take writes; the next
+            // round publishes it again (it holds the history the target continued) and
+            // unpauses it then.
+            return Err(SwitchoverError::TargetChanged(target.clone()));
         }
         self.demote(master, target).await;
         info!(from = %master, to = %target, epoch = next.epoch, "switchover complete");

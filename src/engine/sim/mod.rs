@@ -186,5 +186,6 @@ fn initial_publication(world: &World) -> Published {
         master: Some(master.endpoint.clone()),
         run_id: Some(master.run_id.clone()),
         replid: Some(redis::replid_text(master.replid)),
+        replid2: None,
     }
 }

@@ -12,6 +12,7 @@ fn publication(epoch: u64, master: Option<&str>) -> Result<Option<Published>, An
         master: master.map(ep),
         run_id: None,
         replid: None,
+        replid2: None,
     }))
 }
 
@@ -82,6 +83,7 @@ fn a_published_master_is_routed_only_once_role_says_master() {
             master: Some(ep("10.0.0.1:6379")),
             run_id: None,
             replid: None,
+            replid2: None,
         }
     );
     assert_eq!(
