@@ -113,7 +113,9 @@ fn helm_upgrade_drops_what_the_chart_no_longer_renders_and_uninstall_removes_the
     example.helm("upgrade", &["--reset-values"]);
     let upgraded = annotations(&example);
     assert!(upgraded.get("e2e/stale").is_none(), "{upgraded}");
-    let d = example.json(&["get", "deployment", &deployment]).unwrap();
+    let d = example
+        .json(&["get", "deployment", &deployment, "--show-managed-fields"])
+        .unwrap();
     // Who wrote the Deployment, and how (server-side `Apply` or a client-side `Update`).
     let writers: Vec<String> = d["metadata"]["managedFields"]
         .as_array()
