@@ -40,6 +40,18 @@ cargo fmt --all --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-packaging.sh  # chart, schema, manifests, Dockerfile; installs the helm tests/packaging.rs renders with
+# Each test in its own process (a redis-server or a controller left by one test cannot touch
+# another's), with the slow-test report of .config/nextest.toml. crates.io supplies it; the
+# first install compiles it (about 10 minutes on 2 cores), later runs find it in ~/.cargo/bin.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> cargo-nextest is missing: installing it from crates.io (compiles for about 10 minutes)"
+  if ! cargo install cargo-nextest --locked --quiet; then
+    echo "!!! ============================================================================ !!!"
+    echo "!!! cargo-nextest could not be installed from crates.io: running cargo test      !!!"
+    echo "!!! instead (every test in one process per binary; slow tests are not reported)  !!!"
+    echo "!!! ============================================================================ !!!"
+  fi
+fi
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --profile ci

@@ -1264,3 +1264,75 @@ async fn every_rule_the_chart_grants_the_controller_is_one_it_needs() {
     )
     .await;
 }
+
+/// Issue 14, failure 5: only the master's link to its replica is cut; the controller still
+/// reaches both. The replica's `master_link_status` stays up for `repl-timeout` (60 s), but the
+/// master's own view shows the replica's acknowledgements stop: the fence comes off within
+/// maxLagSeconds and a probe, and the master takes writes again. No failover happens.
+#[tokio::test]
+async fn a_master_that_only_lost_its_replica_is_unfenced_by_its_own_view() {
+    use support::cluster::Partition;
+
+    // Fencing is on by default: maxLagSeconds 2, probeInterval 250 ms.
+    let (kube, pods, _controllers, epoch) = cluster(2, &["a"]).await;
+    eventually(
+        "the master fenced",
+        SETTLE_DEADLINE,
+        async || match fence_of(&pods[0].server).await?.as_str() {
+            "1" => Ok(()),
+            other => Err(format!("min-replicas-to-write {other}")),
+        },
+    )
+    .await;
+    let client_side = "127.0.0.250";
+    let mut client = Conn::connect_from(client_side, &pods[0].endpoint())
+        .await
+        .expect("connect from the client side");
+
+    // Only the replica loses the master: the controller (127.0.0.1) still reaches it.
+    let cut = Instant::now();
+    let _partition = Partition::isolate(&pods[0].server, &[pods[1].ip()]);
+    // Redis refuses writes itself once the replica's acknowledgement is older than
+    // maxLagSeconds; the controller then sees that in the master's INFO and unfences it. On
+    // the replica's word (its link still "up" for 60 s) the fence would stay for a minute.
+    let mut n = 0u64;
+    eventually(
+        "the master takes writes again, unfenced",
+        Duration::from_secs(2 + 2 + 4),
+        async || {
+            n += 1;
+            let reply = client
+                .cmd(&["SET", &format!("after-cut-{n}"), "x"])
+                .await
+                .map_err(|e| format!("SET: {e}"))?;
+            let fence = fence_of(&pods[0].server).await?;
+            // Only once the cut has had time to show: before that the old fence still holds.
+            if cut.elapsed() > Duration::from_secs(2) && reply.is_ok() && fence == "0" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "SET → {}, min-replicas-to-write {fence}",
+                    reply.brief()
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!("the master was unfenced {:?} after the cut", cut.elapsed());
+    assert_eq!(
+        published(&kube, PAIR).await,
+        Ok((Some(pods[0].endpoint()), epoch)),
+        "no failover: the controller reaches the master"
+    );
+    drop(_partition);
+    // Healed: the replica catches up and the fence goes back on.
+    eventually(
+        "the master fenced again",
+        SETTLE_DEADLINE,
+        async || match fence_of(&pods[0].server).await?.as_str() {
+            "1" => Ok(()),
+            other => Err(format!("min-replicas-to-write {other}")),
+        },
+    )
+    .await;
+}

@@ -18,24 +18,8 @@ pub const MASTER_AVAILABLE: &str = "MasterAvailable";
 pub const REPLICAS_IN_SYNC: &str = "ReplicasInSync";
 
 /// How a server's last probe failed, if it did.
-///
-/// Read from the front of the engine's error text, which starts with the failure kind
-/// (`RedisCallError`'s format): the engine's `ServerStatus` does not carry the kind itself yet.
 fn failure_of(server: &ServerStatus) -> Option<FailureKind> {
-    let error = server.error.as_deref()?;
-    [
-        FailureKind::AuthFailed,
-        FailureKind::MaxClients,
-        FailureKind::Refused,
-        FailureKind::Timeout,
-        FailureKind::Error,
-    ]
-    .into_iter()
-    .find(|kind| {
-        error
-            .strip_prefix(kind.as_str())
-            .is_some_and(|rest| rest.starts_with(':'))
-    })
+    server.failure
 }
 
 /// The status of a pair whose engine runs; `published` is what the engine last published

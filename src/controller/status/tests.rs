@@ -23,6 +23,7 @@ fn server(last: u8, role: Option<Role>, master: Option<u8>, link_up: bool) -> Se
         priority: role.map(|_| 100),
         keys: role.map(|_| 1),
         run_id: role.map(|_| format!("run-{last}")),
+        failure: None,
         error: None,
         warnings: Vec::new(),
     }
@@ -160,6 +161,7 @@ fn no_master_and_paused_are_phases_of_their_own() {
 fn a_rejected_password_is_said_plainly_and_names_the_pods() {
     let mut world = healthy();
     world.servers[1] = server(2, None, None, false);
+    world.servers[1].failure = Some(FailureKind::AuthFailed);
     world.servers[1].error = Some("auth-failed: WRONGPASS invalid username-password pair".into());
     world.waiting = Some("something else".into());
     let status = build(&world, &RedisPairStatus::default(), 100);
@@ -284,6 +286,7 @@ fn a_master_at_maxclients_is_reported_as_such_never_as_a_wrong_password() {
     let mut full = healthy();
     full.servers[0].health = Health::Failing;
     full.servers[0].role = None;
+    full.servers[0].failure = Some(FailureKind::MaxClients);
     full.servers[0].error = Some(
         "max-clients: ERR max number of clients reached: it refuses new connections \
          (maxclients); redis-pair cannot manage it"
@@ -315,6 +318,7 @@ fn a_wrong_password_is_still_told_apart() {
     let mut rejected = healthy();
     rejected.servers[1].health = Health::Failing;
     rejected.servers[1].role = None;
+    rejected.servers[1].failure = Some(FailureKind::AuthFailed);
     rejected.servers[1].error = Some("auth-failed: WRONGPASS invalid password".into());
     let status = build(&rejected, &RedisPairStatus::default(), 100);
     let message = status.message.unwrap_or_default();

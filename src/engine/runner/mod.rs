@@ -893,6 +893,10 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                     priority: info.map(|i| i.priority),
                     keys: info.map(|i| i.keys),
                     run_id: info.map(|i| i.run_id.clone()),
+                    failure: match &t.probe {
+                        Probe::Failed { kind, .. } if t.probed => Some(*kind),
+                        _ => None,
+                    },
                     error: t.error.clone(),
                     warnings: t.warnings.clone(),
                 }

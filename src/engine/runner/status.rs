@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::engine::model::{Endpoint, Plan, Reason, Role, Waiting, describe_unfit};
+use crate::engine::model::{Endpoint, FailureKind, Plan, Reason, Role, Waiting, describe_unfit};
 
 /// The engine's status as `/status` shows it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -40,6 +40,8 @@ pub struct ServerStatus {
     pub priority: Option<u32>,
     pub keys: Option<u64>,
     pub run_id: Option<String>,
+    /// How the last probe failed, if it did (the error's kind, carried, never parsed back).
+    pub failure: Option<FailureKind>,
     pub error: Option<String>,
     pub warnings: Vec<String>,
 }
