@@ -113,8 +113,16 @@ impl Network {
         self.record_netns(ns)?;
         let address = format!("{}/{}", pod.ip, self.prefix_len);
         let gateway = self.gateway.to_string();
+        // The pod's MAC address follows from its IP (as Docker's does). A StatefulSet's pod
+        // comes back with the same IP at once; with a new random MAC, the host and every pod
+        // kept sending to the old one until their neighbour entries went stale: the new pod
+        // was unreachable for about 20 s (probes timed out, its liveness killed it, the
+        // controller could not make it a replica).
+        let o = pod.ip.octets();
+        let mac = format!("02:52:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
         ip(&[
-            "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "address", &mac,
+            "netns", ns,
         ])
         .await?;
         ip(&["link", "set", host_end, "master", &self.bridge, "up"]).await?;

@@ -43,8 +43,12 @@ pub(super) async fn probe_loop(target: Target, slot: usize, run: u32, tx: mpsc::
             let timing = probe::timing(&probe);
             tokio::time::sleep(timing.initial_delay).await;
             loop {
-                let ok = probe::check(&probe, &target).await.is_ok();
-                if !send(which, ok).await {
+                let result = probe::check(&probe, &target).await;
+                if let Err(error) = &result {
+                    // Why, for whoever reads a restart's cause in the agent's log.
+                    tracing::info!(container = %target.container.name, ?which, "probe failed: {error:#}");
+                }
+                if !send(which, result.is_ok()).await {
                     return;
                 }
                 tokio::time::sleep(timing.period).await;
