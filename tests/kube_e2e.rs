@@ -981,6 +981,18 @@ async fn the_old_master_loses_its_master_label_before_anything_is_promoted() {
 }
 
 /// `min-replicas-to-write` of a server.
+/// Waits until `server`'s `min-replicas-to-write` is `wanted`.
+async fn await_fence(server: &RedisServer, wanted: &str) {
+    let what = format!("{} with min-replicas-to-write {wanted}", server.addr());
+    eventually(&what, SETTLE_DEADLINE, async || {
+        match fence_of(server).await?.as_str() {
+            now if now == wanted => Ok(()),
+            other => Err(format!("min-replicas-to-write {other}")),
+        }
+    })
+    .await;
+}
+
 async fn fence_of(server: &RedisServer) -> Result<String, String> {
     let mut c = server.conn().await.map_err(|e| e.to_string())?;
     let reply = c
@@ -999,15 +1011,7 @@ async fn a_master_cut_off_from_its_replicas_and_the_controller_stops_acknowledgi
 
     // Fencing is on by default: maxLagSeconds 2, downAfter 3 s.
     let (kube, pods, _controllers, epoch) = cluster(2, &["a"]).await;
-    eventually(
-        "the master fenced",
-        SETTLE_DEADLINE,
-        async || match fence_of(&pods[0].server).await?.as_str() {
-            "1" => Ok(()),
-            other => Err(format!("min-replicas-to-write {other}")),
-        },
-    )
-    .await;
+    await_fence(&pods[0].server, "1").await;
     // A client on the master's side of the partition (its own address, left connected).
     let client_side = "127.0.0.250";
     let mut client = Conn::connect_from(client_side, &pods[0].endpoint())
@@ -1286,15 +1290,7 @@ async fn a_master_that_only_lost_its_replica_is_unfenced_by_its_own_view() {
 
     // Fencing is on by default: maxLagSeconds 2, probeInterval 250 ms.
     let (kube, pods, _controllers, epoch) = cluster(2, &["a"]).await;
-    eventually(
-        "the master fenced",
-        SETTLE_DEADLINE,
-        async || match fence_of(&pods[0].server).await?.as_str() {
-            "1" => Ok(()),
-            other => Err(format!("min-replicas-to-write {other}")),
-        },
-    )
-    .await;
+    await_fence(&pods[0].server, "1").await;
     let client_side = "127.0.0.250";
     let mut client = Conn::connect_from(client_side, &pods[0].endpoint())
         .await
@@ -1337,13 +1333,5 @@ async fn a_master_that_only_lost_its_replica_is_unfenced_by_its_own_view() {
     );
     drop(_partition);
     // Healed: the replica catches up and the fence goes back on.
-    eventually(
-        "the master fenced again",
-        SETTLE_DEADLINE,
-        async || match fence_of(&pods[0].server).await?.as_str() {
-            "1" => Ok(()),
-            other => Err(format!("min-replicas-to-write {other}")),
-        },
-    )
-    .await;
+    await_fence(&pods[0].server, "1").await;
 }
