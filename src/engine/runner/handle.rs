@@ -56,7 +56,8 @@ pub enum SwitchoverError {
     AlreadyMaster(Endpoint),
     #[error(
         "{0} changed (restarted or resynced) while the switchover was under way; it was \
-         aborted before anything was promoted, the master unpaused and it stays master"
+         abandoned and the old master was not demoted: it keeps its data and stays master, or \
+         is published again if the target was published already"
     )]
     TargetChanged(Endpoint),
     #[error("the engine is paused (spec.paused); unpause it to switch over")]
