@@ -49,7 +49,7 @@ use super::model::{
 };
 use super::ops::RedisOps;
 use super::publish::{EngineEvent, PublishError, Publisher};
-use super::redis_io::{Connector, RedisCallError};
+use super::redis_io::{Connector, Observation, RedisCallError};
 use crate::metrics::{Command, CommandLabels, EngineMetrics, Outcome, ReasonLabel, ServerLabel};
 
 struct Tracked {
@@ -503,10 +503,7 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
                 return;
             }
             let was_master = self
-                .servers
-                .iter()
-                .find(|t| &t.member.endpoint == server)
-                .and_then(Tracked::probe_info)
+                .info_of(server)
                 .is_some_and(|info| info.role == Role::Master);
             let result = self.redis.replicate(server, master).await;
             self.count(Command::Replicate, &result);
@@ -538,17 +535,10 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
     /// history and role, not in a full sync. A restart or a resync between the decision and
     /// the command would otherwise promote or publish data nobody decided on.
     async fn still_as_decided(&self, server: &Endpoint) -> bool {
-        let Some(decided) = self
-            .servers
-            .iter()
-            .find(|t| &t.member.endpoint == server)
-            .and_then(Tracked::probe_info)
-        else {
+        let Some(decided) = self.info_of(server) else {
             return false;
         };
-        let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
-        let known = |host: &str, port: u16| known_member(&members, host, port);
-        match self.redis.probe(server, &known, false).await {
+        match self.probe_one(server).await {
             Ok(now)
                 if now.info.run_id == decided.run_id
                     && now.info.replid == decided.replid
@@ -568,17 +558,25 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
         }
     }
 
-    /// Whether `server` still runs the process the round's decision saw (same run_id).
-    async fn same_process(&self, server: &Endpoint) -> bool {
-        let decided = self
-            .servers
+    /// What the last probe of `server` saw, if it answered.
+    fn info_of(&self, server: &Endpoint) -> Option<&RedisInfo> {
+        self.servers
             .iter()
             .find(|t| &t.member.endpoint == server)
             .and_then(Tracked::probe_info)
-            .map(|info| info.run_id.clone());
+    }
+
+    /// One probe of one member, outside a round (no fence read).
+    async fn probe_one(&self, server: &Endpoint) -> Result<Observation, RedisCallError> {
         let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
         let known = |host: &str, port: u16| known_member(&members, host, port);
-        match self.redis.probe(server, &known, false).await {
+        self.redis.probe(server, &known, false).await
+    }
+
+    /// Whether `server` still runs the process the round's decision saw (same run_id).
+    async fn same_process(&self, server: &Endpoint) -> bool {
+        let decided = self.info_of(server).map(|info| info.run_id.clone());
+        match self.probe_one(server).await {
             Ok(now) if Some(&now.info.run_id) == decided.as_ref() => true,
             Ok(_) => {
                 warn!(server = %server, "restarted since the decision; not repointing anything at it");
@@ -594,9 +592,7 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
     /// A promotion starts a new replication history: the one published is what the promoted
     /// server reports now (its replicas will carry it). `None` if it cannot be read.
     async fn history_after_promotion(&self, server: &Endpoint) -> Option<(String, Option<String>)> {
-        let members: Vec<&Member> = self.servers.iter().map(|t| &t.member).collect();
-        let known = |host: &str, port: u16| known_member(&members, host, port);
-        match self.redis.probe(server, &known, false).await {
+        match self.probe_one(server).await {
             Ok(observation)
                 if observation.info.role == Role::Master
                     && !super::decide::history_is_provisional(&observation.info) =>
@@ -846,12 +842,10 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
     /// A publication written elsewhere may not name the master's process and history: fill
     /// them in from its probe, so that its restart is recognised as one.
     fn with_identity(&self, mut published: Published) -> Published {
-        let info = published.master.as_ref().and_then(|master| {
-            self.servers
-                .iter()
-                .find(|t| &t.member.endpoint == master)
-                .and_then(Tracked::probe_info)
-        });
+        let info = published
+            .master
+            .as_ref()
+            .and_then(|master| self.info_of(master));
         if let Some(info) = info {
             published.run_id.get_or_insert_with(|| info.run_id.clone());
             published.replid.get_or_insert_with(|| info.replid.clone());
@@ -862,13 +856,10 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
     fn refresh_status(&self) {
         let now = self.now();
         let published = self.published.borrow().clone();
-        let master_offset = published.master.as_ref().and_then(|m| {
-            self.servers
-                .iter()
-                .find(|t| &t.member.endpoint == m)
-                .and_then(Tracked::probe_info)
-                .map(|info| info.offset)
-        });
+        let master_offset = published
+            .master
+            .as_ref()
+            .and_then(|m| self.info_of(m).map(|info| info.offset));
         let servers = self
             .servers
             .iter()

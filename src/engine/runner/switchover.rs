@@ -185,10 +185,7 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
             replid2,
         };
         let fence = self
-            .servers
-            .iter()
-            .find(|t| &t.member.endpoint == target)
-            .and_then(|t| t.probe_info())
+            .info_of(target)
             .and_then(|info| decide::fence_for(info, &self.config.policy));
         if let Some(fence) = fence {
             self.set_fence(target, fence).await;
@@ -271,11 +268,7 @@ impl<P: Publisher, R: RedisOps> Engine<P, R> {
     }
 
     fn run_id_of(&self, server: &Endpoint) -> Option<String> {
-        self.servers
-            .iter()
-            .find(|t| &t.member.endpoint == server)
-            .and_then(|t| t.probe_info())
-            .map(|info| info.run_id.clone())
+        self.info_of(server).map(|info| info.run_id.clone())
     }
 
     /// Waits until `target` has processed the master's whole replication stream. Polling is
